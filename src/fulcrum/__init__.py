@@ -1,0 +1,50 @@
+"""Fulcrum: find the sweet spot between a model's size and its efficiency.
+
+The public API, loaded lazily so that ``import fulcrum`` stays fast::
+
+    import fulcrum
+    workload = fulcrum.load_workload("digits")
+    print(fulcrum.profile(workload.model, workload.example_inputs).macs)
+    print(fulcrum.evaluate(workload.model, workload.val, workload.task).metrics)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fulcrum._version import __version__
+from fulcrum.errors import FulcrumError
+
+if TYPE_CHECKING:
+    from fulcrum.measure import Profile, profile
+    from fulcrum.metrics import Evaluation, evaluate
+    from fulcrum.workloads import Workload
+    from fulcrum.workloads import load as load_workload
+
+_LAZY = {
+    "profile": ("fulcrum.measure", "profile"),
+    "Profile": ("fulcrum.measure", "Profile"),
+    "evaluate": ("fulcrum.metrics", "evaluate"),
+    "Evaluation": ("fulcrum.metrics", "Evaluation"),
+    "Workload": ("fulcrum.workloads", "Workload"),
+    "load_workload": ("fulcrum.workloads", "load"),
+}
+
+__all__ = [
+    "Evaluation",
+    "FulcrumError",
+    "Profile",
+    "Workload",
+    "__version__",
+    "evaluate",
+    "load_workload",
+    "profile",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'fulcrum' has no attribute {name!r}")

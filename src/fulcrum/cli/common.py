@@ -1,0 +1,82 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fulcrum.errors import ConfigError
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "workload", help="a built-in name (see `fulcrum workloads`), a .toml file or an .onnx file"
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow checkpoints that need arbitrary pickle (runs code: only for files you trust)",
+    )
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        type=shape,
+        metavar="D,D,...",
+        help="input shape of an ONNX model with symbolic dimensions (repeat per input)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="intra-op threads for every runtime (default: the cores available)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write everything as JSON to PATH"
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    return [positive_int(t) for t in text.split(",") if t.strip()]
+
+
+def shape(text: str) -> list[int]:
+    return int_list(text.replace("x", ","))
+
+
+def check_writable(path: Path | None) -> None:
+    """Fail before any work is done if an output path cannot be written."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--json {str(path)!r} cannot be written ({exc.strerror}); choose a writable path."
+        ) from None
+    if not os.access(path.parent, os.W_OK) or path.is_dir():
+        raise ConfigError(f"--json {str(path)!r} cannot be written; choose a writable file path.")
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"--json {str(path)!r} cannot be written ({exc.strerror}); choose a writable path."
+        ) from None

@@ -1,0 +1,57 @@
+"""``fulcrum evaluate WORKLOAD``: the metrics the workload's task calls for."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fulcrum.cli.common import add_workload_arguments, check_writable, write_json
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "evaluate", help="accuracy, precision, recall, F1, AUC, ... on the validation split"
+    )
+    add_workload_arguments(parser)
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="decision threshold of binary tasks (default: 0.5)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fulcrum import metrics, workloads
+
+    check_writable(args.json)
+    workload = workloads.load(
+        args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
+    )
+    result = evaluate_workload(workload, threshold=args.threshold, threads=args.threads)
+    print(f"{workload.name}: {workload.task}, {result.n_samples} validation samples")
+    metrics.render(result)
+    write_json(args.json, {"workload": workload.name, "evaluation": result.to_dict()})
+    return 0
+
+
+def evaluate_workload(workload: Any, *, threshold: float = 0.5, threads: int | None = None) -> Any:
+    from fulcrum import metrics
+    from fulcrum.errors import ConfigError
+
+    if workload.val is None:
+        raise ConfigError(
+            f"workload {workload.name!r} has no validation data; describe it in a TOML file with "
+            "onnx = '...' and data = '...' (see the README) to evaluate it."
+        )
+    return metrics.evaluate(
+        workload.model,
+        workload.val,
+        workload.task,
+        num_classes=workload.num_classes,
+        reference=workload.reference,
+        metric=workload.metric,
+        threshold=threshold,
+        threads=threads,
+    )

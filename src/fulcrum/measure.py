@@ -1,0 +1,647 @@
+"""How big, how costly and how fast a model is: ``profile(model, example_inputs)``.
+
+Conventions: MACs are multiply-accumulates; FLOPs = 2 x MACs. Compute is counted by
+``torch.utils.flop_counter`` on a copy of the model on the meta device (no real arithmetic, so
+BERT-base profiles in well under a second), or from the ONNX graph for ONNX models. Latency is
+measured after warm-up with every (runtime, batch size) pair timed in interleaved rounds in one
+process, so that machine drift affects all of them alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fulcrum import runtimes
+from fulcrum.errors import ConfigError, ShapeError
+from fulcrum.runtimes import OnnxModel
+
+FLOP_CONVENTION = "FLOPs = 2 x MACs"
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    kind: str
+    output_shape: list[int] | None
+    params: int
+    macs: int
+    share: float  # of total MACs
+
+
+@dataclass(frozen=True)
+class Latency:
+    runtime: str
+    batch_size: int
+    threads: int
+    runs: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    spread_pct: float  # (p90 - p10) / median
+    throughput_per_s: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    model: str
+    input_shapes: list[list[int]]
+    params_total: int
+    params_trainable: int
+    params_nonzero: int
+    bytes_by_dtype: dict[str, int]
+    artifact_bytes: dict[str, int]
+    macs: int
+    flops: int
+    macs_by_op: dict[str, int]
+    layers: list[Layer]
+    latency: list[Latency] = field(default_factory=list)
+    peak_memory_bytes: dict[str, int] = field(default_factory=dict)
+    threads: int = 1
+    flop_convention: str = FLOP_CONVENTION
+    environment: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def model_bytes(self) -> int:
+        return sum(self.bytes_by_dtype.values())
+
+    def latency_of(self, runtime: str, batch_size: int) -> Latency | None:
+        return next(
+            (
+                lat
+                for lat in self.latency
+                if lat.runtime == runtime and lat.batch_size == batch_size
+            ),
+            None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def environment(threads: int) -> dict[str, str]:
+    """What a reader needs to compare figures across machines."""
+    import onnxruntime
+
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return {
+        "cpu": cpu,
+        "threads": str(threads),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# -- size -------------------------------------------------------------------------------------
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int, int]:
+    """(total, trainable, non-zero) parameters, counting shared tensors once."""
+    params = list({id(p): p for p in model.parameters()}.values())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    nonzero = sum(int(torch.count_nonzero(p.detach())) for p in params)
+    return total, trainable, nonzero
+
+
+def bytes_by_dtype(model: nn.Module) -> dict[str, int]:
+    """Bytes of parameters and buffers, grouped by dtype (shared tensors once)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    sizes: dict[str, int] = {}
+    for t in tensors.values():
+        key = str(t.dtype).removeprefix("torch.")
+        sizes[key] = sizes.get(key, 0) + t.numel() * t.element_size()
+    return sizes
+
+
+def safetensors_bytes(model: nn.Module) -> int:
+    """Size of the model's state dict serialized as safetensors."""
+    from safetensors.torch import save
+
+    seen: set[int] = set()
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen and tensor.numel():
+            continue  # tied weights are stored once
+        seen.add(tensor.data_ptr())
+        state[name] = tensor.detach().contiguous()
+    return len(save(state))
+
+
+# -- compute ----------------------------------------------------------------------------------
+
+
+def _op_name(op: Any) -> str:
+    return str(getattr(op, "__name__", op)).split(".")[0]
+
+
+def torch_compute(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor]
+) -> tuple[int, dict[str, int], list[Layer]]:
+    """MACs in total, by op type and by layer, counted on a meta-device copy of ``model``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta").eval()
+    inputs = tuple(x.to("meta") for x in example_inputs)
+    shapes: dict[str, list[int]] = {}
+    hooks = []
+    for name, module in meta.named_modules():
+
+        def record(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+            with contextlib.suppress(TypeError):
+                shapes[name] = list(runtimes.output_tensor(out).shape)
+
+        hooks.append(module.register_forward_hook(record))
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            meta(*inputs)
+    except (RuntimeError, ValueError, IndexError, NotImplementedError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        given = ", ".join(str(list(x.shape)) for x in example_inputs)
+        raise ShapeError(
+            f"the model cannot run on example inputs of shape {given} ({first}); "
+            "give inputs shaped like one batch of the model's data."
+        ) from None
+    finally:
+        for h in hooks:
+            h.remove()
+    counts = counter.get_flop_counts()
+    total_macs = counter.get_total_flops() // 2
+    by_op: dict[str, int] = {}
+    for op, flops in counts.get("Global", {}).items():
+        by_op[_op_name(op)] = by_op.get(_op_name(op), 0) + flops // 2
+    root = type(meta).__name__
+
+    modules = dict(model.named_modules())
+
+    def key(name: str) -> str:
+        return f"{root}.{name}" if name else root
+
+    def macs_of(name: str) -> int:
+        return sum(counts.get(key(name), {}).values()) // 2
+
+    def covered(name: str) -> int:
+        """MACs counted inside the children of ``name`` (looking through uncalled containers)."""
+        total = 0
+        for child, _ in modules[name].named_children():
+            full = f"{name}.{child}" if name else child
+            total += macs_of(full) if key(full) in counts else covered(full)
+        return total
+
+    layers: list[Layer] = []
+    for name, module in modules.items():
+        children = list(module.named_children())
+        own_params = sum(p.numel() for p in module.parameters(recurse=False))
+        macs = macs_of(name) - covered(name)
+        if children and macs <= 0 and not own_params:
+            continue  # a container: its children carry its cost
+        if not children and not own_params and macs <= 0 and name not in shapes:
+            continue
+        layers.append(
+            Layer(
+                name=name or root,
+                kind=type(module).__name__,
+                output_shape=shapes.get(name),
+                params=own_params,
+                macs=max(macs, 0),
+                share=(macs / total_macs) if total_macs and macs > 0 else 0.0,
+            )
+        )
+    return total_macs, by_op, layers
+
+
+def _dims(shape: Any) -> list[int] | None:
+    if not all(d.HasField("dim_value") for d in shape.dim):
+        return None
+    return [int(d.dim_value) for d in shape.dim]
+
+
+def onnx_compute(
+    proto: Any, input_shapes: Sequence[Sequence[int]]
+) -> tuple[int, dict[str, int], list[Layer]]:
+    """MACs of an ONNX graph's Conv / Gemm / MatMul nodes (and their int8 forms) at fixed input shapes."""
+    import onnx
+
+    proto = copy.deepcopy(proto)
+    init_names = {i.name for i in proto.graph.initializer}
+    graph_inputs = [i for i in proto.graph.input if i.name not in init_names]
+    for value, shape in zip(graph_inputs, input_shapes, strict=False):
+        dims = value.type.tensor_type.shape.dim
+        for d, size in zip(dims, shape, strict=False):
+            d.ClearField("dim_param")
+            d.dim_value = int(size)
+    proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    shape_of: dict[str, list[int] | None] = {}
+    for v in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
+        shape_of[v.name] = _dims(v.type.tensor_type.shape)
+    for init in proto.graph.initializer:
+        shape_of[init.name] = list(init.dims)
+    weight_types = {1, 2, 3, 10, 11, 16}  # float, uint8, int8, float16, double, bfloat16
+    params_of = {
+        i.name: int(np.prod(i.dims)) for i in proto.graph.initializer if i.data_type in weight_types
+    }
+
+    def prod(xs: Sequence[int]) -> int:
+        return int(np.prod(xs)) if xs else 1
+
+    layers: list[Layer] = []
+    by_op: dict[str, int] = {}
+    for index, node in enumerate(proto.graph.node):
+        ins = [shape_of.get(n) for n in node.input]
+        out = shape_of.get(node.output[0]) if node.output else None
+        macs = 0
+        op = node.op_type
+        if op in ("Conv", "ConvInteger", "QLinearConv") and out:
+            w = ins[3] if op == "QLinearConv" else ins[1]
+            if w:
+                macs = prod(out) * prod(w[1:])
+        elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul") and out:
+            a = ins[0]
+            if a:
+                k = (
+                    a[0]
+                    if (op == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute))
+                    else a[-1]
+                )
+                macs = prod(out) * k
+        elif op == "ConvTranspose" and ins[0] and ins[1]:
+            macs = prod(ins[0]) * prod(ins[1][1:])
+        params = sum(params_of.get(n, 0) for n in node.input)
+        if macs or params:
+            by_op[op] = by_op.get(op, 0) + macs
+            layers.append(Layer(node.name or f"{op}_{index}", op, out, params, macs, 0.0))
+    total = sum(by_op.values())
+    layers = [Layer(**{**asdict(la), "share": la.macs / total if total else 0.0}) for la in layers]
+    return total, by_op, layers
+
+
+# -- latency ----------------------------------------------------------------------------------
+
+
+def time_interleaved(
+    calls: dict[Any, Callable[[], object]],
+    *,
+    warmup: int = 5,
+    seconds: float = 2.0,
+    min_runs: int = 30,
+    max_runs: int = 500,
+    block: int = 5,
+) -> dict[Any, list[float]]:
+    """Time every callable in interleaved rounds; return each one's run times in seconds.
+
+    Each round gives every callable one untimed run (other runtimes' worker threads may still
+    be spinning from their turn) and then ``block`` timed runs. Interleaving means slow phases of
+    a drifting machine hit every callable alike, so ratios between them stay honest.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    start = time.perf_counter()
+    for fn in calls.values():
+        fn()
+    per_run = max(time.perf_counter() - start, 1e-6)
+    runs = int(min(max(seconds / per_run, min_runs), max_runs))
+    rounds = max(1, -(-runs // block))
+    times: dict[Any, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(runtime: str, batch_size: int, threads: int, seconds: list[float]) -> Latency:
+    ms = np.asarray(seconds) * 1e3
+    median = float(np.median(ms))
+    p10, p90, p99 = (float(v) for v in np.percentile(ms, [10, 90, 99]))
+    return Latency(
+        runtime=runtime,
+        batch_size=batch_size,
+        threads=threads,
+        runs=len(ms),
+        median_ms=round(median, 4),
+        p90_ms=round(p90, 4),
+        p99_ms=round(p99, 4),
+        min_ms=round(float(ms.min()), 4),
+        spread_pct=round((p90 - p10) / median * 100, 2),
+        throughput_per_s=round(batch_size / (median / 1e3), 2),
+    )
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def torch_peak_activation_bytes(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
+    """Peak bytes the CPU allocator holds above its starting point during one forward pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # otherwise kineto prints start/stop lines
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.no_grad():
+        model(*inputs)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    current = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def _rss_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_peak_increase(fn: Callable[[], object]) -> int | None:
+    """Bytes by which the process's peak resident memory rises while ``fn`` runs (Linux)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _rss_kib("VmRSS")
+    fn()
+    after = _rss_kib("VmHWM")
+    if before is None or after is None:
+        return None
+    return max(after - before, 0) * 1024
+
+
+# -- profile ----------------------------------------------------------------------------------
+
+
+def profile(
+    model: nn.Module | OnnxModel,
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    *,
+    runtimes_: Sequence[str] = runtimes.RUNTIMES,
+    batch_sizes: Sequence[int] = (1, 32),
+    threads: int | None = None,
+    seconds: float = 2.0,
+    latency: bool = True,
+) -> Profile:
+    """Measure size, compute, latency and peak memory of ``model`` on ``example_inputs``.
+
+    >>> p = profile(torch.nn.Linear(4, 2), torch.zeros(1, 4), latency=False)
+    >>> p.params_total, p.macs
+    (10, 8)
+    """
+    unknown = [r for r in runtimes_ if r not in runtimes.RUNTIMES]
+    if unknown:
+        raise ConfigError(
+            f"runtime {unknown[0]!r} is not known; choose from {', '.join(runtimes.RUNTIMES)}."
+        )
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ConfigError(f"batch sizes must be positive integers; got {list(batch_sizes)}.")
+    if isinstance(model, OnnxModel):
+        return profile_onnx(
+            model,
+            example_inputs,
+            batch_sizes=batch_sizes,
+            threads=threads,
+            seconds=seconds,
+            latency=latency,
+        )
+    inputs = runtimes.as_inputs(example_inputs)
+    threads = threads or runtimes.default_threads()
+    model = model.eval()
+    total, trainable, nonzero = parameter_counts(model)
+    macs, by_op, layers = torch_compute(model, inputs)
+    artifact = {"safetensors": safetensors_bytes(model)}
+    largest = runtimes.with_batch(inputs, max(batch_sizes))
+    peak: dict[str, int] = {}
+    onnx_model: OnnxModel | None = None
+    tmp = tempfile.TemporaryDirectory(prefix="fulcrum-profile-")
+    try:
+        if "onnxruntime" in runtimes_:
+            path = runtimes.export_onnx(
+                model, runtimes.with_batch(inputs, 1), Path(tmp.name) / "model.onnx"
+            )
+            artifact["onnx"] = sum(p.stat().st_size for p in Path(tmp.name).iterdir())
+            ort_peak = rss_peak_increase(lambda: OnnxModel(path, threads)(*largest))
+            if ort_peak is not None:
+                peak["onnxruntime"] = ort_peak
+            onnx_model = OnnxModel(path, threads)
+        with runtimes.torch_threads(threads):
+            if "torch" in runtimes_:
+                activations = torch_peak_activation_bytes(model, largest)
+                peak["torch"] = sum(bytes_by_dtype(model).values()) + activations
+            lat: list[Latency] = []
+            if latency:
+                calls: dict[tuple[str, int], Callable[[], object]] = {}
+                for b in batch_sizes:
+                    batch = runtimes.with_batch(inputs, b)
+                    if "torch" in runtimes_:
+                        calls[("torch", b)] = _torch_call(model, batch)
+                    if onnx_model is not None:
+                        calls[("onnxruntime", b)] = _bind(onnx_model, batch)
+                times = time_interleaved(calls, seconds=seconds)
+                lat = [summarize(rt, b, threads, times[(rt, b)]) for rt, b in calls]
+    finally:
+        tmp.cleanup()
+    return Profile(
+        model=type(model).__name__,
+        input_shapes=[list(x.shape) for x in inputs],
+        params_total=total,
+        params_trainable=trainable,
+        params_nonzero=nonzero,
+        bytes_by_dtype=bytes_by_dtype(model),
+        artifact_bytes=artifact,
+        macs=macs,
+        flops=2 * macs,
+        macs_by_op=by_op,
+        layers=layers,
+        latency=lat,
+        peak_memory_bytes=peak,
+        threads=threads,
+        environment=environment(threads),
+    )
+
+
+def _torch_call(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    def call() -> object:
+        with torch.inference_mode():
+            return model(*batch)
+
+    return call
+
+
+def _bind(fn: Callable[..., object], batch: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    return lambda: fn(*batch)
+
+
+def profile_onnx(
+    model: OnnxModel,
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    *,
+    batch_sizes: Sequence[int] = (1, 32),
+    threads: int | None = None,
+    seconds: float = 2.0,
+    latency: bool = True,
+) -> Profile:
+    """The same figures for an ONNX file: counts from the graph, timings from ONNX Runtime."""
+    import onnx
+    from onnx import numpy_helper
+
+    threads = threads or model.threads
+    inputs = runtimes.as_inputs(example_inputs)
+    proto = onnx.load(str(model.path))
+    # integer initializers of 64/32 bits are shapes and axes, not weights
+    tensors = [
+        t
+        for t in (numpy_helper.to_array(i) for i in proto.graph.initializer)
+        if t.dtype.kind == "f" or t.dtype.itemsize == 1
+    ]
+    sizes: dict[str, int] = {}
+    for t in tensors:
+        sizes[str(t.dtype)] = sizes.get(str(t.dtype), 0) + t.nbytes
+    total = sum(t.size for t in tensors)
+    nonzero = sum(int(np.count_nonzero(t)) for t in tensors)
+    macs, by_op, layers = onnx_compute(proto, [list(x.shape) for x in inputs])
+    artifact = {
+        "onnx": sum(p.stat().st_size for p in model.path.parent.glob(model.path.name + "*"))
+    }
+    largest = runtimes.with_batch(inputs, max(batch_sizes))
+    peak = rss_peak_increase(lambda: OnnxModel(model.path, threads)(*largest))
+    lat: list[Latency] = []
+    if latency:
+        calls = {b: _bind(model, runtimes.with_batch(inputs, b)) for b in batch_sizes}
+        times = time_interleaved(calls, seconds=seconds)
+        lat = [summarize("onnxruntime", b, threads, times[b]) for b in batch_sizes]
+    return Profile(
+        model=model.path.name,
+        input_shapes=[list(x.shape) for x in inputs],
+        params_total=total,
+        params_trainable=0,
+        params_nonzero=nonzero,
+        bytes_by_dtype=sizes,
+        artifact_bytes=artifact,
+        macs=macs,
+        flops=2 * macs,
+        macs_by_op=by_op,
+        layers=layers,
+        latency=lat,
+        peak_memory_bytes={"onnxruntime": peak} if peak is not None else {},
+        threads=threads,
+        environment=environment(threads),
+    )
+
+
+# -- printing ---------------------------------------------------------------------------------
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23 M'."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {prefix}{unit}"
+    return f"{n:.0f} {unit}".rstrip()
+
+
+def human_bytes(n: float) -> str:
+    for factor, prefix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {prefix}"
+    return f"{n:.0f} B"
+
+
+def render(p: Profile, console: Any = None, max_rows: int = 40) -> None:
+    """Print a profile: a per-layer table, then totals, latency and memory."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    layers = Table(title=f"{p.model} — layers", title_justify="left")
+    for col in ("layer", "type", "output shape", "params", "MACs", "share"):
+        layers.add_column(col, justify="right" if col in ("params", "MACs", "share") else "left")
+    shown = (
+        p.layers
+        if len(p.layers) <= max_rows
+        else sorted(p.layers, key=lambda la: -la.macs - la.params)[:max_rows]
+    )
+    order = {id(la): i for i, la in enumerate(p.layers)}
+    for la in sorted(shown, key=lambda la: order[id(la)]):
+        layers.add_row(
+            la.name,
+            la.kind,
+            "x".join(map(str, la.output_shape)) if la.output_shape else "-",
+            f"{la.params:,}",
+            human(la.macs),
+            f"{la.share:.1%}",
+        )
+    console.print(layers)
+    if len(shown) < len(p.layers):
+        console.print(
+            f"  ... {len(p.layers) - len(shown)} smaller layers not shown (all are in --json)"
+        )
+    summary = Table(title="totals", title_justify="left", show_header=False)
+    summary.add_column(justify="left", no_wrap=True)
+    summary.add_column(justify="right", no_wrap=True)
+    summary.add_row("input shapes", ", ".join("x".join(map(str, s)) for s in p.input_shapes))
+    summary.add_row(
+        "parameters (total / trainable / non-zero)",
+        f"{p.params_total:,} / {p.params_trainable:,} / {p.params_nonzero:,}",
+    )
+    summary.add_row(
+        "bytes by dtype", ", ".join(f"{k}: {human_bytes(v)}" for k, v in p.bytes_by_dtype.items())
+    )
+    summary.add_row(
+        "artifact on disk", ", ".join(f"{k}: {human_bytes(v)}" for k, v in p.artifact_bytes.items())
+    )
+    summary.add_row(f"MACs ({p.flop_convention})", f"{human(p.macs)} MACs = {human(p.flops)} FLOPs")
+    top_ops = sorted(p.macs_by_op.items(), key=lambda kv: -kv[1])[:6]
+    summary.add_row("MACs by op", ", ".join(f"{k}: {human(v)}" for k, v in top_ops) or "-")
+    summary.add_row(
+        "peak memory of inference",
+        ", ".join(f"{k}: {human_bytes(v)}" for k, v in p.peak_memory_bytes.items()) or "-",
+    )
+    console.print(summary)
+    if p.latency:
+        table = Table(title=f"latency ({p.threads} threads; ms)", title_justify="left")
+        for col in ("runtime", "batch", "median", "p90", "p99", "spread", "runs", "items/s"):
+            table.add_column(col, justify="left" if col == "runtime" else "right")
+        for lat in p.latency:
+            table.add_row(
+                lat.runtime,
+                str(lat.batch_size),
+                f"{lat.median_ms:.3f}",
+                f"{lat.p90_ms:.3f}",
+                f"{lat.p99_ms:.3f}",
+                f"{lat.spread_pct:.1f}%",
+                str(lat.runs),
+                f"{lat.throughput_per_s:,.0f}",
+            )
+        console.print(table)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))

@@ -1,0 +1,212 @@
+"""Where a model runs: PyTorch eager or an ONNX Runtime session, with a fixed thread count.
+
+Everything that executes a model for measurement or evaluation goes through here, so that both
+runtimes see the same inputs, threads and output conventions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fulcrum.errors import OnnxError, ShapeError
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def default_threads() -> int:
+    """The cores this process may use (respects CPU affinity and cgroup pinning)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run PyTorch with ``threads`` intra-op threads, restoring the previous setting after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def as_inputs(x: Any) -> tuple[torch.Tensor, ...]:
+    """A batch's model inputs as a tuple: a tensor becomes ``(tensor,)``."""
+    if isinstance(x, torch.Tensor):
+        return (x,)
+    return tuple(x)
+
+
+def output_tensor(out: Any) -> torch.Tensor:
+    """The primary output of a model call: a tensor, ``logits``, or the first element."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, list | tuple) and out:
+        return output_tensor(out[0])
+    raise TypeError(f"model returned {type(out).__name__}; expected a tensor or a tuple of tensors")
+
+
+def with_batch(inputs: Sequence[torch.Tensor], batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Example inputs resized to ``batch_size`` along the first axis (by repeating sample 0)."""
+    return tuple(x[:1].expand(batch_size, *x.shape[1:]).contiguous() for x in inputs)
+
+
+def check_example_inputs(model: nn.Module, inputs: Sequence[torch.Tensor], label: str) -> None:
+    """Run ``model`` once on ``inputs`` and turn a shape failure into a one-line ShapeError."""
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        shapes = ", ".join(str(list(x.shape)) for x in inputs)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShapeError(
+            f"{label}: the model cannot run on example inputs of shape {shapes} ({first}); "
+            "give inputs shaped like one batch of the model's data."
+        ) from None
+
+
+def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path) -> Path:
+    """Export ``model`` to ONNX at ``path`` with a dynamic batch axis on every input.
+
+    Uses the dynamo exporter and falls back to the TorchScript one for models it cannot trace.
+    """
+    model = model.eval()
+    inputs = tuple(example_inputs)
+    names = [f"input_{i}" for i in range(len(inputs))] if len(inputs) > 1 else ["input"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
+            warnings.simplefilter("ignore")
+            try:
+                batch = torch.export.Dim("batch", min=1, max=65536)
+                torch.onnx.export(
+                    model,
+                    inputs,
+                    str(path),
+                    dynamo=True,
+                    input_names=names,
+                    dynamic_shapes=tuple({0: batch} for _ in inputs),
+                    verbose=False,
+                )
+            except Exception:
+                torch.onnx.export(
+                    model,
+                    inputs,
+                    str(path),
+                    dynamo=False,
+                    input_names=names,
+                    output_names=["output"],
+                    dynamic_axes={n: {0: "batch"} for n in names},
+                )
+    finally:
+        quiet.setLevel(level)
+    return path
+
+
+def ort_session(path: Path | str | bytes, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and no spinning.
+
+    Spinning worker threads keep a core busy ~50 ms after each run and would slow whatever is
+    timed next, so it is turned off.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    source = path if isinstance(path, bytes) else str(path)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise OnnxError(f"ONNX Runtime cannot load {path!s:.200}: {first}") from None
+
+
+class OnnxModel:
+    """An ONNX file run by ONNX Runtime, called like a PyTorch model: tensors in, tensor out."""
+
+    def __init__(self, path: Path | str, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.threads = threads or default_threads()
+        self.session = ort_session(self.path, self.threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != len(self.input_names):
+            raise ShapeError(
+                f"{self.path.name} takes {len(self.input_names)} inputs "
+                f"({', '.join(self.input_names)}); got {len(inputs)}."
+            )
+        feed = {
+            n: np.ascontiguousarray(x.detach().cpu().numpy())
+            for n, x in zip(self.input_names, inputs, strict=True)
+        }
+        try:
+            out = self.session.run(None, feed)[0]
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:300]
+            shapes = ", ".join(f"{n}={list(v.shape)}" for n, v in feed.items())
+            raise ShapeError(f"{self.path.name} cannot run on inputs {shapes}: {first}") from None
+        return torch.from_numpy(np.asarray(out))
+
+    def eval(self) -> OnnxModel:
+        return self
+
+
+Model = nn.Module | OnnxModel
+
+
+def predict(
+    model: Model, batches: Iterable[Any], threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run ``model`` over ``(inputs, target)`` batches; return stacked outputs and targets."""
+    outputs: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    if isinstance(model, nn.Module):
+        model = model.eval()
+    with torch_threads(threads or default_threads()), torch.inference_mode():
+        for batch in batches:
+            x, y = (
+                (batch[0], batch[1])
+                if isinstance(batch, list | tuple) and len(batch) > 1
+                else (batch, None)
+            )
+            outputs.append(output_tensor(model(*as_inputs(x))).float().numpy())
+            if y is not None:
+                targets.append(torch.as_tensor(y).numpy())
+    out = np.concatenate(outputs) if outputs else np.empty((0,))
+    return out, (np.concatenate(targets) if targets else None)
+
+
+def onnx_artifact(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[bytes, int]:
+    """The model exported to ONNX, as bytes, and the size of its files on disk."""
+    with tempfile.TemporaryDirectory(prefix="fulcrum-") as tmp:
+        path = export_onnx(model, example_inputs, Path(tmp) / "model.onnx")
+        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
+        import onnx
+
+        proto = onnx.load(str(path))  # pulls external data back in
+        return proto.SerializeToString(), size

@@ -1,0 +1,56 @@
+"""Workloads: built-in names, TOML files pointing at user code, and ONNX files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fulcrum.errors import WorkloadError, suggest
+from fulcrum.workloads.base import Workload, cache_dir
+
+__all__ = ["BUILTINS", "Workload", "cache_dir", "describe", "load"]
+
+
+def _digits() -> Workload:
+    from fulcrum.workloads import digits
+
+    return digits.build()
+
+
+def _breast_cancer() -> Workload:
+    from fulcrum.workloads import breast_cancer
+
+    return breast_cancer.build()
+
+
+BUILTINS: dict[str, Callable[[], Workload]] = {"digits": _digits, "breast-cancer": _breast_cancer}
+
+
+def describe() -> dict[str, str]:
+    """One line per built-in workload."""
+    from fulcrum.workloads import breast_cancer, digits
+
+    return {"digits": digits.DESCRIPTION, "breast-cancer": breast_cancer.DESCRIPTION}
+
+
+def load(
+    spec: str, *, allow_pickle: bool = False, input_shapes: Sequence[Sequence[int]] | None = None
+) -> Workload:
+    """A workload from a built-in name, a ``.toml`` file or an ``.onnx`` file."""
+    if spec in BUILTINS:
+        return BUILTINS[spec]()
+    path = Path(spec)
+    if path.suffix == ".toml":
+        from fulcrum.workloads.user import load_toml
+
+        if not path.is_file():
+            raise WorkloadError(f"workload file {spec!r} does not exist; check the path.")
+        return load_toml(path, allow_pickle=allow_pickle)
+    if path.suffix == ".onnx":
+        from fulcrum.workloads.user import load_onnx
+
+        return load_onnx(path, input_shapes)
+    raise WorkloadError(
+        f"unknown workload {spec!r}: give a built-in name ({', '.join(BUILTINS)}), a .toml file or an "
+        f".onnx file.{suggest(spec, BUILTINS)}"
+    )

@@ -1,0 +1,119 @@
+"""The Workload: a model, its data, its task and example inputs — everything a stage needs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from fulcrum.errors import ConfigError, DataError, suggest
+from fulcrum.metrics import TASKS
+from fulcrum.runtimes import OnnxModel
+
+SPLITS = ("train", "val", "calib")
+MetricFn = Callable[[np.ndarray, np.ndarray], Mapping[str, float] | float]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A model with the data and task to judge it on.
+
+    ``val`` is the split every metric is reported on; ``train`` feeds fine-tuning and
+    distillation; ``calib`` feeds int8 calibration. Each yields ``(inputs, target)`` batches.
+    """
+
+    name: str
+    task: str
+    model: nn.Module | OnnxModel
+    val: DataLoader | None
+    example_inputs: tuple[torch.Tensor, ...]
+    train: DataLoader | None = None
+    calib: DataLoader | None = None
+    num_classes: int | None = None
+    metric: MetricFn | None = None
+    reference: nn.Module | OnnxModel | None = None
+    source: str = ""
+    description: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_task(self.task, self.name)
+
+
+def check_task(task: str, where: str) -> None:
+    if task not in TASKS:
+        raise ConfigError(
+            f"{where}: task {task!r} is not known; use one of {', '.join(TASKS)}.{suggest(task, TASKS)}"
+        )
+
+
+def cache_dir() -> Path:
+    """Where trained baselines are kept: $FULCRUM_CACHE_DIR, else the user cache folder."""
+    root = os.environ.get("FULCRUM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fulcrum"
+    )
+    return Path(root)
+
+
+def definition_key(*parts: str) -> str:
+    """A short hash of everything that determines a trained baseline."""
+    digest = hashlib.sha256()
+    for part in (*parts, torch.__version__.split("+")[0]):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def to_loader(
+    split: Any, name: str, *, batch_size: int = 64, shuffle: bool = False, seed: int = 0
+) -> DataLoader:
+    """A DataLoader from a DataLoader, a Dataset, or an ``(inputs, targets)`` pair of arrays."""
+    if isinstance(split, DataLoader):
+        loader = split
+    else:
+        if isinstance(split, Dataset):
+            dataset = split
+        elif isinstance(split, tuple | list) and len(split) == 2:
+            x, y = (
+                torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+                for v in split
+            )
+            if len(x) != len(y):
+                raise DataError(
+                    f"data split {name!r} has {len(x)} inputs but {len(y)} targets; give one target per input."
+                )
+            dataset = TensorDataset(x, y)
+        else:
+            raise DataError(
+                f"data split {name!r} is a {type(split).__name__}; give a DataLoader, a Dataset or an (inputs, targets) pair."
+            )
+        generator = torch.Generator().manual_seed(seed)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    try:
+        size = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        size = None
+    if size == 0:
+        raise DataError(
+            f"data split {name!r} has zero samples; give it at least one (inputs, target) pair."
+        )
+    return loader
+
+
+def first_inputs(loader: Iterable[Any], name: str) -> tuple[torch.Tensor, ...]:
+    """One sample of model inputs (batch of 1) taken from the first batch of ``loader``."""
+    for batch in loader:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        xs = (x,) if isinstance(x, torch.Tensor) else tuple(x)
+        return tuple(t[:1] for t in xs)
+    raise DataError(
+        f"data split {name!r} has zero samples; give it at least one (inputs, target) pair."
+    )

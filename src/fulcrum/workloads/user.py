@@ -1,0 +1,244 @@
+"""User workloads: a TOML file naming ``module:callable`` entries, or an ONNX file.
+
+A TOML workload::
+
+    task = "multiclass"                    # multiclass | binary | regression | embedding
+    model = "mymodels:make_model"          # callable returning an nn.Module ([model_args] = kwargs)
+    data = "mydata:splits"                 # callable returning {"val": ..., "train": ..., "calib": ...}
+    checkpoint = "weights.safetensors"     # optional; relative to this file
+    metric = "mymetrics:score"             # optional; fn(y_true, outputs) -> float | {name: float}
+    num_classes = 10                       # optional
+    input_shape = [1, 1, 8, 8]             # optional; else one sample of the validation data
+
+Each split may be a DataLoader, a Dataset or an ``(inputs, targets)`` pair. Instead of ``model``,
+``onnx = "model.onnx"`` evaluates an ONNX file; ``data`` may then also be an ``.npz`` file with
+arrays ``x_val``, ``y_val`` (and optionally ``x_train``, ``y_train``, ``x_calib``, ``y_calib``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fulcrum.errors import ConfigError, OnnxError, ShapeError, suggest
+from fulcrum.runtimes import OnnxModel, check_example_inputs
+from fulcrum.workloads.base import SPLITS, Workload, check_task, first_inputs, to_loader
+from fulcrum.workloads.checkpoint import load_into
+
+KEYS = (
+    "name",
+    "task",
+    "model",
+    "model_args",
+    "onnx",
+    "data",
+    "checkpoint",
+    "allow_pickle",
+    "metric",
+    "num_classes",
+    "input_shape",
+    "reference",
+    "description",
+)
+
+
+def resolve(ref: Any, key: str, where: Path) -> Callable[..., Any]:
+    """Import ``module:callable`` named by entry ``key`` of the TOML file ``where``."""
+    if not isinstance(ref, str) or ref.count(":") != 1 or not all(ref.split(":")):
+        raise ConfigError(
+            f"entry {key!r} in {where.name} must look like 'module:callable'; got {ref!r}."
+        )
+    module_name, attr = ref.split(":")
+    folder = str(where.parent.resolve())
+    sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"entry {key!r} in {where.name}: module {module_name!r} cannot be imported ({exc}); "
+            f"put it beside {where.name} or on PYTHONPATH."
+        ) from None
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    target = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            public = [n for n in dir(module) if not n.startswith("_")]
+            raise ConfigError(
+                f"entry {key!r} in {where.name}: module {module_name!r} has no attribute {attr!r}."
+                f"{suggest(attr, public)}"
+            )
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(
+            f"entry {key!r} in {where.name}: {ref!r} is a {type(target).__name__}, not a callable."
+        )
+    return target
+
+
+def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
+    try:
+        spec = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"workload file {str(path)!r} cannot be read as TOML ({exc}).") from None
+    unknown = [k for k in spec if k not in KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{path.name}: unknown entry {unknown[0]!r}; valid entries: {', '.join(KEYS)}.{suggest(unknown[0], KEYS)}"
+        )
+    for required in ("task", "data"):
+        if required not in spec:
+            raise ConfigError(
+                f"{path.name} has no {required!r} entry; add e.g. {required} = {_EXAMPLES[required]}."
+            )
+    if ("model" in spec) == ("onnx" in spec):
+        raise ConfigError(
+            f"{path.name} must name exactly one of 'model' (a module:callable) or 'onnx' (a file)."
+        )
+    name = str(spec.get("name", path.stem))
+    check_task(spec["task"], path.name)
+    splits = _load_data(spec["data"], path)
+    model: nn.Module | OnnxModel
+    if "onnx" in spec:
+        model = OnnxModel(check_onnx(path.parent / spec["onnx"]))
+    else:
+        built = resolve(spec["model"], "model", path)(**spec.get("model_args", {}))
+        if not isinstance(built, nn.Module):
+            raise ConfigError(
+                f"entry 'model' in {path.name}: {spec['model']!r} returned a {type(built).__name__}, not a torch.nn.Module."
+            )
+        model = built
+        if "checkpoint" in spec:
+            model = load_into(
+                model,
+                path.parent / spec["checkpoint"],
+                allow_pickle=allow_pickle or bool(spec.get("allow_pickle")),
+            )
+        model = model.eval()
+    if "input_shape" in spec:
+        example: tuple[torch.Tensor, ...] = (
+            torch.zeros(*spec["input_shape"], dtype=first_inputs(splits["val"], "val")[0].dtype),
+        )
+    else:
+        example = first_inputs(splits["val"], "val")
+    if isinstance(model, nn.Module):
+        check_example_inputs(model, example, f"{path.name}")
+    reference = resolve(spec["reference"], "reference", path)() if "reference" in spec else None
+    metric = resolve(spec["metric"], "metric", path) if "metric" in spec else None
+    return Workload(
+        name=name,
+        task=spec["task"],
+        model=model,
+        val=splits["val"],
+        train=splits.get("train"),
+        calib=splits.get("calib") or splits.get("train"),
+        example_inputs=example,
+        num_classes=spec.get("num_classes"),
+        metric=metric,
+        reference=reference,
+        source=str(path),
+        description=str(spec.get("description", f"user workload from {path.name}")),
+    )
+
+
+_EXAMPLES = {"task": '"multiclass"', "data": '"mydata:splits"'}
+
+
+def _load_data(ref: str, where: Path) -> dict[str, Any]:
+    if isinstance(ref, str) and ref.endswith(".npz"):
+        arrays = np.load(where.parent / ref)
+        raw: Mapping[str, Any] = {
+            s: (arrays[f"x_{s}"], arrays[f"y_{s}"])
+            for s in SPLITS
+            if f"x_{s}" in arrays and f"y_{s}" in arrays
+        }
+    else:
+        raw = resolve(ref, "data", where)()
+    if not isinstance(raw, Mapping) or "val" not in raw:
+        raise ConfigError(
+            f"entry 'data' in {where.name} must give a mapping with a 'val' split "
+            f"(and optionally 'train', 'calib'); got {type(raw).__name__}"
+            f"{' with keys ' + str(sorted(raw)) if isinstance(raw, Mapping) else ''}."
+        )
+    return {
+        s: to_loader(raw[s], s, shuffle=(s == "train")) for s in SPLITS if raw.get(s) is not None
+    }
+
+
+def check_onnx(path: Path) -> Path:
+    """``path`` if it is an ONNX model that passes ``onnx.checker``; else a one-line OnnxError."""
+    import onnx
+
+    if not path.is_file():
+        raise OnnxError(f"ONNX file {str(path)!r} does not exist; check the path.")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise OnnxError(
+            f"{path.name} is not a valid ONNX model (onnx.checker: {first}); re-export it from its framework."
+        ) from None
+    return path
+
+
+def onnx_example_inputs(
+    path: Path, input_shapes: Sequence[Sequence[int]] | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Zero inputs for an ONNX model: its declared shapes with a symbolic batch axis set to 1."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in init]
+    if input_shapes is not None and len(input_shapes) != len(inputs):
+        raise ShapeError(
+            f"{path.name} has {len(inputs)} inputs; got {len(input_shapes)} input shapes."
+        )
+    tensors = []
+    for i, value in enumerate(inputs):
+        ttype = value.type.tensor_type
+        dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+        if input_shapes is not None:
+            shape = list(input_shapes[i])
+            if len(shape) != len(dims) or any(
+                d is not None and d != s for d, s in zip(dims, shape, strict=False) if d
+            ):
+                raise ShapeError(
+                    f"{path.name}: input {value.name!r} has shape {dims}; the given shape {shape} does not fit it."
+                )
+        else:
+            if any(d is None for d in dims[1:]):
+                raise ShapeError(
+                    f"{path.name}: input {value.name!r} has symbolic dimensions {dims}; "
+                    "give concrete ones with --input-shape (e.g. 1,3,224,224)."
+                )
+            shape = [1 if d is None else d for d in dims]
+        tensors.append(torch.from_numpy(np.zeros(shape, dtype=dtype)))
+    return tuple(tensors)
+
+
+def load_onnx(path: Path, input_shapes: Sequence[Sequence[int]] | None = None) -> Workload:
+    """A bare ONNX file: profiled from its graph; evaluation needs a TOML file with data."""
+    model = OnnxModel(check_onnx(path))
+    example = onnx_example_inputs(path, input_shapes)
+    model(*example)  # fails with a one-line ShapeError if the inputs do not fit
+    return Workload(
+        name=path.stem,
+        task="multiclass",
+        model=model,
+        val=None,
+        example_inputs=example,
+        source=str(path),
+        description=f"ONNX model {path.name} (no data: profile only)",
+    )
