@@ -17,8 +17,10 @@ from fulcrum._version import __version__
 from fulcrum.errors import FulcrumError
 
 if TYPE_CHECKING:
+    from fulcrum.compression import compress
     from fulcrum.measure import Profile, profile
     from fulcrum.metrics import Evaluation, evaluate
+    from fulcrum.techniques import Candidate
     from fulcrum.workloads import Workload
     from fulcrum.workloads import load as load_workload
 
@@ -29,14 +31,18 @@ _LAZY = {
     "Evaluation": ("fulcrum.metrics", "Evaluation"),
     "Workload": ("fulcrum.workloads", "Workload"),
     "load_workload": ("fulcrum.workloads", "load"),
+    "compress": ("fulcrum.compression", "compress"),
+    "Candidate": ("fulcrum.techniques", "Candidate"),
 }
 
 __all__ = [
+    "Candidate",
     "Evaluation",
     "FulcrumError",
     "Profile",
     "Workload",
     "__version__",
+    "compress",
     "evaluate",
     "load_workload",
     "profile",

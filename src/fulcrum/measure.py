@@ -104,6 +104,12 @@ def environment(threads: int) -> dict[str, str]:
             for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
+    from importlib import metadata
+
+    versions = {}
+    for package in ("onnx", "torch-pruning", "scikit-learn", "transformers", "torchao"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
     return {
         "cpu": cpu,
         "threads": str(threads),
@@ -111,6 +117,7 @@ def environment(threads: int) -> dict[str, str]:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
+        **versions,
     }
 
 
@@ -509,12 +516,11 @@ def profile_onnx(
     latency: bool = True,
 ) -> Profile:
     """The same figures for an ONNX file: counts from the graph, timings from ONNX Runtime."""
-    import onnx
     from onnx import numpy_helper
 
     threads = threads or model.threads
     inputs = runtimes.as_inputs(example_inputs)
-    proto = onnx.load(str(model.path))
+    proto = model.proto()
     # integer initializers of 64/32 bits are shapes and axes, not weights
     tensors = [
         t
@@ -527,18 +533,16 @@ def profile_onnx(
     total = sum(t.size for t in tensors)
     nonzero = sum(int(np.count_nonzero(t)) for t in tensors)
     macs, by_op, layers = onnx_compute(proto, [list(x.shape) for x in inputs])
-    artifact = {
-        "onnx": sum(p.stat().st_size for p in model.path.parent.glob(model.path.name + "*"))
-    }
+    artifact = {"onnx": model.artifact_bytes()}
     largest = runtimes.with_batch(inputs, max(batch_sizes))
-    peak = rss_peak_increase(lambda: OnnxModel(model.path, threads)(*largest))
+    peak = rss_peak_increase(lambda: model.reload()(*largest))
     lat: list[Latency] = []
     if latency:
         calls = {b: _bind(model, runtimes.with_batch(inputs, b)) for b in batch_sizes}
         times = time_interleaved(calls, seconds=seconds)
         lat = [summarize("onnxruntime", b, threads, times[b]) for b in batch_sizes]
     return Profile(
-        model=model.path.name,
+        model=model.name,
         input_shapes=[list(x.shape) for x in inputs],
         params_total=total,
         params_trainable=0,
@@ -645,3 +649,26 @@ def render(p: Profile, console: Any = None, max_rows: int = 40) -> None:
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def compare_latency(
+    runners: dict[str, Callable[..., object]],
+    example_inputs: Sequence[torch.Tensor],
+    *,
+    batch_sizes: Sequence[int] = (1, 32),
+    threads: int | None = None,
+    seconds: float = 2.0,
+) -> dict[tuple[str, int], Latency]:
+    """Time several models side by side, interleaved in one process, at each batch size.
+
+    ``runners`` maps a label (say "baseline/onnxruntime") to a callable taking the model inputs.
+    """
+    threads = threads or runtimes.default_threads()
+    calls: dict[tuple[str, int], Callable[[], object]] = {}
+    with runtimes.torch_threads(threads), torch.inference_mode():
+        for b in batch_sizes:
+            batch = runtimes.with_batch(runtimes.as_inputs(tuple(example_inputs)), b)
+            for label, runner in runners.items():
+                calls[(label, b)] = _bind(runner, batch)
+        times = time_interleaved(calls, seconds=seconds * len(batch_sizes))
+    return {key: summarize(key[0], key[1], threads, values) for key, values in times.items()}

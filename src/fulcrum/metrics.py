@@ -17,6 +17,13 @@ from sklearn.metrics.pairwise import paired_cosine_distances
 from fulcrum.errors import ConfigError, DataError, suggest
 
 TASKS = ("multiclass", "binary", "regression", "embedding")
+# the figure a task is judged by (higher is better): searches and early stopping use it
+MAIN_METRIC = {
+    "multiclass": "accuracy",
+    "binary": "accuracy",
+    "regression": "r2",
+    "embedding": "cosine_mean",
+}
 
 
 @dataclass(frozen=True)

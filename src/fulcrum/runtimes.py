@@ -89,12 +89,16 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     Uses the dynamo exporter and falls back to the TorchScript one for models it cannot trace.
     """
     model = model.eval()
-    inputs = tuple(example_inputs)
+    # a batch of 2: with 1, torch.export specializes the batch axis to the constant 1
+    inputs = with_batch(tuple(example_inputs), 2)
     names = [f"input_{i}" for i in range(len(inputs))] if len(inputs) > 1 else ["input"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    loggers = [
+        logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
             warnings.simplefilter("ignore")
@@ -120,7 +124,8 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
                     dynamic_axes={n: {0: "batch"} for n in names},
                 )
     finally:
-        quiet.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     return path
 
 
@@ -146,18 +151,42 @@ def ort_session(path: Path | str | bytes, threads: int | None = None) -> Any:
 
 
 class OnnxModel:
-    """An ONNX file run by ONNX Runtime, called like a PyTorch model: tensors in, tensor out."""
+    """An ONNX model run by ONNX Runtime, called like a PyTorch model: tensors in, tensor out.
 
-    def __init__(self, path: Path | str, threads: int | None = None) -> None:
-        self.path = Path(path)
+    ``source`` is a file path or the serialized model itself (bytes).
+    """
+
+    def __init__(self, source: Path | str | bytes, threads: int | None = None) -> None:
+        self.path = None if isinstance(source, bytes) else Path(source)
+        self.data = source if isinstance(source, bytes) else None
+        self.name = self.path.name if self.path is not None else "model.onnx"
         self.threads = threads or default_threads()
-        self.session = ort_session(self.path, self.threads)
+        self.session = ort_session(source, self.threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def proto(self) -> Any:
+        """The ONNX ModelProto (weights included)."""
+        import onnx
+
+        if self.data is not None:
+            return onnx.load_from_string(self.data)
+        return onnx.load(str(self.path))
+
+    def artifact_bytes(self) -> int:
+        """Bytes on disk: the file and any external-data files beside it."""
+        if self.data is not None:
+            return len(self.data)
+        assert self.path is not None
+        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*"))
+
+    def reload(self) -> OnnxModel:
+        """A fresh session on the same model (what a deployment would create)."""
+        return OnnxModel(self.data if self.data is not None else self.path, self.threads)  # type: ignore[arg-type]
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.input_names):
             raise ShapeError(
-                f"{self.path.name} takes {len(self.input_names)} inputs "
+                f"{self.name} takes {len(self.input_names)} inputs "
                 f"({', '.join(self.input_names)}); got {len(inputs)}."
             )
         feed = {
@@ -169,7 +198,7 @@ class OnnxModel:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:300]
             shapes = ", ".join(f"{n}={list(v.shape)}" for n, v in feed.items())
-            raise ShapeError(f"{self.path.name} cannot run on inputs {shapes}: {first}") from None
+            raise ShapeError(f"{self.name} cannot run on inputs {shapes}: {first}") from None
         return torch.from_numpy(np.asarray(out))
 
     def eval(self) -> OnnxModel:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from fulcrum._version import __version__
 from fulcrum.errors import FulcrumError
 
-COMMANDS = ("workloads", "profile", "evaluate", "demo")
+COMMANDS = ("workloads", "profile", "evaluate", "techniques", "compress", "search", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fulcrum import train as train_module
 from fulcrum.train import fit
 from fulcrum.workloads.base import cache_dir, definition_key
 from fulcrum.workloads.checkpoint import load_into
@@ -64,10 +65,12 @@ def trained(
 ) -> tuple[nn.Module, Path]:
     """The baseline of a built-in: loaded from the cache, or trained deterministically and cached.
 
-    The cache key hashes the defining module's source (model, data, recipe) and the torch
-    version, so editing the definition retrains it.
+    The cache key hashes the defining module's source (model, data, recipe), the training loop
+    and the torch version, so editing the definition retrains it.
     """
-    key = definition_key(inspect.getsource(definition), f"{epochs}/{lr}/{seed}")
+    key = definition_key(
+        inspect.getsource(definition), inspect.getsource(train_module), f"{epochs}/{lr}/{seed}"
+    )
     path = cache_dir() / f"{name}-{key}.safetensors"
     if path.is_file():
         return load_into(build(), path), path

@@ -1,0 +1,304 @@
+"""Apply a recipe — an ordered list of technique configs — to a model: ``compress()``.
+
+Recipe text: steps separated by ``>``, each ``technique[:arguments]`` with comma-separated
+``key=value`` arguments; a bare value sets the technique's main parameter, ``+`` joins list items::
+
+    prune:ratio=0.5,importance=taylor > distill:epochs=5 > quantize:int8-static
+
+A TOML recipe has one ``[[step]]`` table per step with ``technique = "..."`` and its parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from collections.abc import Callable, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fulcrum.errors import ConfigError
+from fulcrum.runtimes import OnnxModel, export_onnx, with_batch
+from fulcrum.techniques import Candidate, Context, TechniqueConfig, config_from_dict, get
+from fulcrum.techniques.base import coerce
+
+Recipe = tuple[TechniqueConfig, ...]
+
+
+def parse_recipe(text: str) -> Recipe:
+    """``"prune:0.5 > quantize:int8-static"`` -> (PruneConfig(ratio=0.5), QuantizeConfig(...))."""
+    steps = [part.strip() for part in text.split(">")]
+    if not text.strip() or any(not s for s in steps):
+        raise ConfigError(
+            f"recipe {text!r} has an empty step; write steps like 'prune:ratio=0.5 > quantize:int8-static'."
+        )
+    configs = []
+    for step in steps:
+        name, _, args = step.partition(":")
+        technique = get(name.strip())
+        values: dict[str, Any] = {}
+        for arg in (a.strip() for a in args.split(",") if a.strip()):
+            key, eq, raw = arg.partition("=")
+            if not eq:
+                if technique.config.primary is None:
+                    raise ConfigError(f"recipe step {step!r}: give {name} parameters as key=value.")
+                key, raw = technique.config.primary, arg
+            values[key.strip()] = coerce(technique.config, key.strip(), raw.strip())
+        configs.append(technique.config(**values))
+    return check_order(tuple(configs))
+
+
+def load_recipe(path: Path) -> Recipe:
+    """A recipe from a TOML file with ``[[step]]`` tables."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"recipe file {str(path)!r} cannot be read as TOML ({exc}).") from None
+    steps = data.get("step")
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError(
+            f"recipe file {path.name} needs [[step]] tables, each with technique = '...'."
+        )
+    configs = []
+    for step in steps:
+        step = dict(step)
+        if "technique" not in step:
+            raise ConfigError(f"recipe file {path.name}: every [[step]] needs technique = '...'.")
+        configs.append(config_from_dict({"type": step.pop("technique"), **step}))
+    return check_order(tuple(configs))
+
+
+def recipe_from(spec: str) -> Recipe:
+    """A recipe from text, or from a ``.toml`` file when ``spec`` names one."""
+    return load_recipe(Path(spec)) if spec.endswith(".toml") else parse_recipe(spec)
+
+
+def check_order(recipe: Recipe) -> Recipe:
+    """Quantization turns the model into an int8 graph: nothing can be applied after it."""
+    for i, config in enumerate(recipe[:-1]):
+        if config.name == "quantize":
+            raise ConfigError(
+                f"recipe step {i + 1} ({config}) must be the last: nothing can follow quantize; "
+                f"move '{recipe[i + 1].name}' before it."
+            )
+    return recipe
+
+
+def recipe_text(recipe: Sequence[TechniqueConfig]) -> str:
+    return " > ".join(str(c) for c in recipe) or "(none)"
+
+
+def context_of(
+    workload: Any,
+    *,
+    seed: int = 0,
+    threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> Context:
+    """The data and teacher a recipe may use, taken from a Workload."""
+    teacher = workload.model if isinstance(workload.model, nn.Module) else None
+    return Context(
+        task=workload.task,
+        example_inputs=tuple(workload.example_inputs),
+        train=workload.train,
+        val=workload.val,
+        calib=workload.calib,
+        teacher=teacher,
+        num_classes=workload.num_classes,
+        threads=threads,
+        seed=seed,
+        progress=progress or (lambda _m: None),
+        on_epoch=on_epoch,
+    )
+
+
+def compress(
+    model: nn.Module,
+    recipe: Sequence[TechniqueConfig] | str,
+    workload: Any,
+    *,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    cache: MutableMapping[str, Candidate] | None = None,
+) -> Candidate:
+    """Apply ``recipe`` to ``model`` in order, using ``workload``'s data; the input is untouched.
+
+    With ``cache``, the candidate after each recipe prefix is kept there and reused: a search
+    that tries three quantizations of the same pruned and fine-tuned model trains it once.
+
+    >>> candidate = compress(workload.model, "prune:0.5 > finetune:3", workload)  # doctest: +SKIP
+    """
+    from fulcrum.runtimes import default_threads, torch_threads
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            "compress needs a PyTorch model; an ONNX workload can be profiled and evaluated only."
+        )
+    steps = parse_recipe(recipe) if isinstance(recipe, str) else check_order(tuple(recipe))
+    threads = threads or default_threads()
+    report = progress or (lambda _m: None)
+    ctx = context_of(workload, seed=seed, threads=threads, progress=report, on_epoch=on_epoch)
+    candidate = Candidate(model=model.eval())
+    done = 0
+    if cache is not None:
+        for n in range(len(steps), 0, -1):
+            key = f"{seed}|{recipe_text(steps[:n])}"
+            if key in cache:
+                candidate, done = cache[key], n
+                report(f"reusing {recipe_text(steps[:n])}")
+                break
+    with torch_threads(threads):
+        for i in range(done, len(steps)):
+            report(f"step {i + 1}/{len(steps)}: {steps[i]}")
+            candidate = get(steps[i].name).apply(steps[i], candidate, ctx)
+            if cache is not None:
+                cache[f"{seed}|{recipe_text(steps[: i + 1])}"] = candidate
+    return candidate
+
+
+def deployed(candidate: Candidate, threads: int | None = None) -> nn.Module | OnnxModel:
+    """The candidate as it will run: its ONNX graph on ONNX Runtime, or its PyTorch model."""
+    return OnnxModel(candidate.onnx, threads) if candidate.onnx is not None else candidate.model
+
+
+def onnx_bytes(candidate: Candidate, example_inputs: Sequence[torch.Tensor]) -> bytes:
+    """The candidate's ONNX graph: its quantized graph, or its float model exported."""
+    if candidate.onnx is not None:
+        return candidate.onnx
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fulcrum-") as tmp:
+        path = export_onnx(candidate.model, with_batch(example_inputs, 1), Path(tmp) / "model.onnx")
+        import onnx
+
+        return onnx.load(str(path)).SerializeToString()
+
+
+# -- saving and reloading ---------------------------------------------------------------------
+
+
+def save_candidate(
+    candidate: Candidate, folder: Path, example_inputs: Sequence[torch.Tensor], workload_source: str
+) -> dict[str, str]:
+    """Write the deployable ONNX graph, the PyTorch weights and a manifest into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(onnx_bytes(candidate, example_inputs))
+    state = {k: v.detach().contiguous() for k, v in candidate.model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    manifest = {
+        "format": "fulcrum-candidate",
+        "version": 1,
+        "workload": workload_source,
+        "runtime": candidate.runtime,
+        "steps": [s.config for s in candidate.steps],
+        "factorised": [
+            name for s in candidate.steps for name in s.facts.get("layers_factorised", [])
+        ],
+    }
+    (folder / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return {"onnx": "model.onnx", "safetensors": "model.safetensors", "manifest": "model.json"}
+
+
+def rebuild(model: nn.Module, folder: Path) -> nn.Module:
+    """Load a saved candidate's weights into a fresh copy of its original architecture.
+
+    Layers keep their classes; shapes come from the saved tensors (pruning changes them), and
+    factorised layers become the two-layer form they were saved in. Nothing is unpickled.
+    """
+    from safetensors.torch import load_file
+
+    from fulcrum.techniques.base import copy_model
+    from fulcrum.techniques.prune import _fix_attention
+
+    manifest = json.loads((folder / "model.json").read_text())
+    state = load_file(str(folder / "model.safetensors"))
+    model = copy_model(model)
+    for name in manifest.get("factorised", []):
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, attr)
+        bias = getattr(old, "bias", None) is not None
+        if isinstance(old, nn.Linear):  # shapes are fixed below, from the saved tensors
+            pair = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=bias))
+        else:
+            pair = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.Conv2d(1, 1, 1, bias=bias))
+        setattr(parent, attr, pair)
+    modules = dict(model.named_modules())
+    for key, tensor in state.items():
+        module_name, _, tensor_name = key.rpartition(".")
+        module = modules.get(module_name)
+        if module is None:
+            continue
+        current = getattr(module, tensor_name, None)
+        if isinstance(current, torch.Tensor) and current.shape != tensor.shape:
+            replacement = torch.empty_like(tensor)
+            if isinstance(current, nn.Parameter):
+                setattr(
+                    module,
+                    tensor_name,
+                    nn.Parameter(replacement, requires_grad=current.requires_grad),
+                )
+            else:
+                module.register_buffer(tensor_name, replacement)
+    for module in model.modules():
+        _fit_attributes(module)
+    _fix_attention(model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"{folder}/model.safetensors does not fit the workload's model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); reload it with the workload it was compressed from."
+        )
+    return model.eval()
+
+
+def _fit_attributes(module: nn.Module) -> None:
+    """Make a layer's size attributes agree with its (possibly pruned) tensors."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = weight.shape
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        module.out_channels = weight.shape[0]
+        if depthwise:
+            module.groups = weight.shape[0]
+        module.in_channels = weight.shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.num_features = weight.shape[0]
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(weight.shape)
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = weight.shape
+
+
+def load_candidate(folder: Path, threads: int | None = None) -> tuple[nn.Module | None, OnnxModel]:
+    """A saved candidate: (its PyTorch model rebuilt from its workload, its ONNX model).
+
+    The ONNX model runs from the folder alone; the PyTorch model needs the workload's model code
+    (a built-in, or the user's TOML workload) to build the architecture the weights fit.
+    """
+    from fulcrum.workloads import load
+
+    manifest = json.loads((folder / "model.json").read_text())
+    onnx_model = OnnxModel(folder / "model.onnx", threads)
+    try:
+        original = load(manifest["workload"]).model
+    except Exception:
+        return None, onnx_model
+    if not isinstance(original, nn.Module):
+        return None, onnx_model
+    return rebuild(original, folder), onnx_model
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")

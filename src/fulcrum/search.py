@@ -1,0 +1,668 @@
+"""The sweet-spot search: an Optuna study over recipes, durable and parallel.
+
+The only module that imports optuna. Each trial builds a recipe from the technique registry's
+search spaces (structural steps, then recovery, then quantization: the one order in which each
+step can use what came before), applies it, evaluates the result on its deployment runtime and
+times it side by side with the baseline. Latency is stored as ``ratio x baseline latency``, the
+ratio measured interleaved in one process, so that machine drift between trials cancels.
+
+The study lives in the run folder (SQLite, with heartbeats): a search killed at any moment and
+started again with the same command resumes — finished trials are kept, the interrupted one is
+retried. ``workers`` processes share the study; ``storage`` accepts any Optuna storage URL so
+that many machines can share one study through a database server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import multiprocessing
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fulcrum.errors import ConfigError, FulcrumError, MissingDependencyError, suggest
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = {
+    "metric": "maximize",
+    "latency_ms": "minimize",
+    "size_bytes": "minimize",
+    "macs": "minimize",
+    "params": "minimize",
+}
+BUDGET_KEYS = ("latency_ms", "size_mb", "size_bytes", "macs", "params")
+SAMPLERS = ("nsga2", "tpe", "random")
+HEARTBEAT_S, GRACE_S = 2, 8
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that defines a search; saved in the study so that a resume can be checked."""
+
+    trials: int = 40
+    objectives: tuple[str, ...] = ("metric", "latency_ms", "size_bytes")
+    runtime: str = "onnxruntime"
+    batch_size: int = 1
+    max_drop: float | None = 1.0
+    relative: bool = False
+    budgets: dict[str, float] = field(default_factory=dict)
+    policy: str = "tolerance"
+    sampler: str = "nsga2"
+    seed: int = 0
+    workers: int = 1
+    trial_seconds: float = 0.5
+    final_seconds: float = 2.0
+    finalists: int = 8
+    max_epochs: int = 10
+
+    def __post_init__(self) -> None:
+        from fulcrum.frontier import POLICIES
+
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be at least 1; got {self.trials}.")
+        for name in self.objectives:
+            if name not in OBJECTIVES:
+                raise ConfigError(
+                    f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}.{suggest(name, OBJECTIVES)}"
+                )
+        if "metric" not in self.objectives or len(self.objectives) < 2:
+            raise ConfigError(
+                "objectives must include 'metric' and at least one cost (latency_ms, size_bytes, ...)."
+            )
+        for key, value in self.budgets.items():
+            if key not in BUDGET_KEYS:
+                raise ConfigError(
+                    f"unknown budget {key!r}; choose from {', '.join(BUDGET_KEYS)}.{suggest(key, BUDGET_KEYS)}"
+                )
+            if not value > 0:
+                raise ConfigError(f"budget {key}={value} must be a positive number.")
+        if self.runtime not in ("onnxruntime", "torch"):
+            raise ConfigError(f"--runtime must be 'onnxruntime' or 'torch'; got {self.runtime!r}.")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(
+                f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}.{suggest(self.sampler, SAMPLERS)}"
+            )
+        if self.policy not in POLICIES:
+            raise ConfigError(
+                f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}.{suggest(self.policy, POLICIES)}"
+            )
+        if self.workers < 1 or self.batch_size < 1:
+            raise ConfigError("--workers and --batch-size must be at least 1.")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ConfigError(f"--max-drop must be >= 0; got {self.max_drop}.")
+
+    def limits(self) -> dict[str, float]:
+        """Budgets in the units trials record (size in bytes)."""
+        out = dict(self.budgets)
+        if "size_mb" in out:
+            out["size_bytes"] = out.pop("size_mb") * 1e6
+        return out
+
+
+# -- the search space ---------------------------------------------------------------------------
+
+
+def suggest_recipe(trial: Any, settings: SearchSettings) -> tuple[Any, ...]:
+    """A recipe drawn from the technique registry's spaces, in the one order that works."""
+    from fulcrum.techniques import get
+
+    steps: list[Any] = []
+    if trial.suggest_categorical("use_prune", [True, False]):
+        steps.append(get("prune").space(trial))
+    if trial.suggest_categorical("use_lowrank", [False, True]):
+        steps.append(get("lowrank").space(trial))
+    if steps:  # something lossy happened: recover, or not
+        recovery = trial.suggest_categorical("recovery", ["distill", "finetune", "none"])
+        if recovery != "none":
+            config: Any = get(recovery).space(trial)
+            steps.append(replace(config, epochs=min(config.epochs, settings.max_epochs)))
+    if settings.runtime == "onnxruntime" and trial.suggest_categorical(
+        "use_quantize", [True, False]
+    ):
+        steps.append(get("quantize").space(trial))
+    return tuple(steps)
+
+
+# -- storage ------------------------------------------------------------------------------------
+
+
+def storage_for(url: str) -> Any:
+    """An Optuna RDB storage with heartbeats and retry of trials whose process died."""
+    import optuna
+
+    retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=retry,
+            engine_kwargs=_engine_kwargs(url),
+        )
+    except ImportError as exc:
+        driver = (
+            "psycopg[binary] (pip install 'fulcrum[postgres]')"
+            if url.startswith("postgres")
+            else "its driver"
+        )
+        raise MissingDependencyError(f"storage {url!r} needs {driver}: {exc}.") from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ConfigError(
+            f"storage {url!r} cannot be reached ({first}); check the URL, that the server runs, "
+            "and that its driver is installed (PostgreSQL: pip install 'fulcrum[postgres]')."
+        ) from None
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+
+
+def open_study(
+    settings: SearchSettings, storage: Any, name: str, direction_names: Sequence[str]
+) -> Any:
+    import optuna
+
+    sampler = {
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(
+            seed=settings.seed, population_size=10, constraints_func=constraints_of
+        ),
+        "tpe": lambda: optuna.samplers.TPESampler(
+            seed=settings.seed,
+            constraints_func=constraints_of,
+            multivariate=True,
+            n_startup_trials=10,
+        ),
+        "random": lambda: optuna.samplers.RandomSampler(seed=settings.seed),
+    }[settings.sampler]()
+    directions: Any = [OBJECTIVES[o] for o in settings.objectives]
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        directions=directions,
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    saved = study.user_attrs.get("objectives")
+    if saved is not None and list(saved) != list(direction_names):
+        raise ConfigError(
+            f"study {name!r} exists with objectives {', '.join(saved)}, not {', '.join(direction_names)}; "
+            "use another --study name or the same objectives."
+        )
+    if saved is None:
+        study.set_user_attr("objectives", list(direction_names))
+    return study
+
+
+def constraints_of(trial: Any) -> Sequence[float]:
+    """Optuna's constraint values: <= 0 is feasible (drop and budgets, stored by the objective)."""
+    return list(trial.user_attrs.get("constraints", [1.0]))
+
+
+# -- one process's work -------------------------------------------------------------------------
+
+
+@dataclass
+class Baseline:
+    metric: float
+    metrics: dict[str, Any]
+    latency_ms: float
+    size_bytes: int
+    macs: int
+    params: int
+    runner: Any
+
+
+def measure_baseline(workload: Any, settings: SearchSettings, threads: int) -> Baseline:
+    from fulcrum import measure
+    from fulcrum.compression import onnx_bytes
+    from fulcrum.metrics import MAIN_METRIC, evaluate
+    from fulcrum.runtimes import OnnxModel
+    from fulcrum.techniques import Candidate
+
+    evaluation = evaluate(
+        workload.model,
+        workload.val,
+        workload.task,
+        num_classes=workload.num_classes,
+        reference=workload.reference,
+        metric=workload.metric,
+        threads=threads,
+    )
+    profile = measure.profile(
+        workload.model, workload.example_inputs, latency=False, runtimes_=("torch",)
+    )
+    if settings.runtime == "onnxruntime":
+        data = onnx_bytes(Candidate(model=workload.model), workload.example_inputs)
+        runner: Any = OnnxModel(data, threads)
+        size = len(data)
+    else:
+        runner, size = workload.model, profile.artifact_bytes["safetensors"]
+    times = measure.compare_latency(
+        {"baseline": runner},
+        workload.example_inputs,
+        batch_sizes=(settings.batch_size,),
+        threads=threads,
+        seconds=settings.final_seconds,
+    )
+    value = evaluation.metrics[MAIN_METRIC[workload.task]]
+    return Baseline(
+        metric=float(value or 0.0),
+        metrics=evaluation.metrics,
+        latency_ms=times[("baseline", settings.batch_size)].median_ms,
+        size_bytes=size,
+        macs=profile.macs,
+        params=profile.params_total,
+        runner=runner,
+    )
+
+
+class Trialist:
+    """Runs trials of one study in this process, reusing recipe prefixes it has already trained."""
+
+    def __init__(
+        self,
+        workload: Any,
+        settings: SearchSettings,
+        run_dir: Path,
+        threads: int,
+        reference: dict[str, Any],
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.workload, self.settings, self.run_dir, self.threads = (
+            workload,
+            settings,
+            run_dir,
+            threads,
+        )
+        self.reference = reference  # the study's baseline figures (the first process measured them)
+        self.progress = progress or (lambda _m: None)
+        self.cache: dict[str, Any] = {}
+        self.base = measure_baseline(workload, settings, threads)
+
+    def objective(self, trial: Any) -> list[float]:
+        import optuna
+
+        from fulcrum import measure
+        from fulcrum.compression import compress, deployed, onnx_bytes, recipe_text, save_candidate
+        from fulcrum.metrics import MAIN_METRIC, evaluate
+        from fulcrum.runtimes import OnnxModel
+
+        settings, workload = self.settings, self.workload
+        start = time.perf_counter()
+        recipe = suggest_recipe(trial, settings)
+        text = recipe_text(recipe)
+        trial.set_user_attr("recipe", text)
+        self.progress(f"trial {trial.number}: {text}")
+        floor = self.reference["metric"] - max(0.2, 5 * (settings.max_drop or 1.0) / 100)
+
+        def cut_short(epoch: int, value: float) -> None:
+            if epoch >= 1 and value < floor:  # still collapsed after two epochs of recovery
+                raise optuna.TrialPruned(f"holdout {value:.3f} after {epoch + 1} epochs")
+
+        if len(self.cache) > 24:
+            self.cache.clear()
+        candidate = compress(
+            workload.model,
+            recipe,
+            workload,
+            seed=settings.seed,
+            threads=self.threads,
+            on_epoch=cut_short,
+            cache=self.cache,
+        )
+        if settings.runtime == "onnxruntime":
+            data = onnx_bytes(candidate, workload.example_inputs)
+            runner: Any = OnnxModel(data, self.threads)
+            size = len(data)
+        else:
+            runner = deployed(candidate, self.threads)
+            size = measure.safetensors_bytes(candidate.model)
+        evaluation = evaluate(
+            runner,
+            workload.val,
+            workload.task,
+            num_classes=workload.num_classes,
+            reference=workload.reference,
+            metric=workload.metric,
+            threads=self.threads,
+        )
+        metric = float(evaluation.metrics[MAIN_METRIC[workload.task]] or 0.0)
+        times = measure.compare_latency(
+            {"baseline": self.base.runner, "candidate": runner},
+            workload.example_inputs,
+            batch_sizes=(settings.batch_size,),
+            threads=self.threads,
+            seconds=settings.trial_seconds,
+        )
+        ratio = (
+            times[("candidate", settings.batch_size)].median_ms
+            / times[("baseline", settings.batch_size)].median_ms
+        )
+        macs = measure.torch_compute(candidate.model, workload.example_inputs)[0]
+        values = {
+            "metric": metric,
+            "latency_ms": round(ratio * self.reference["latency_ms"], 5),
+            "latency_ratio": round(ratio, 4),
+            "size_bytes": size,
+            "macs": macs,
+            "params": measure.parameter_counts(candidate.model)[0],
+        }
+        save_candidate(
+            candidate,
+            self.run_dir / "trials" / str(trial.number),
+            workload.example_inputs,
+            self.reference["workload_source"],
+        )
+        for key, value in values.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("metrics", evaluation.metrics)
+        trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
+        trial.set_user_attr("constraints", violations(values, self.reference["metric"], settings))
+        return [values[o] for o in settings.objectives]
+
+
+def violations(
+    values: dict[str, float], baseline_metric: float, settings: SearchSettings
+) -> list[float]:
+    """Per-constraint amounts over the limit (<= 0 when met): the drop, then each budget."""
+    out = []
+    if settings.max_drop is not None:
+        allowed = (
+            baseline_metric * settings.max_drop / 100
+            if settings.relative
+            else settings.max_drop / 100
+        )
+        out.append(round(baseline_metric - values["metric"] - allowed, 6))
+    for key, limit in settings.limits().items():
+        out.append(round((values[key] - limit) / limit, 6))
+    return out or [0.0]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock shared by this machine's workers (asking for a trial is not atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def work(study: Any, trialist: Trialist, trials: int, lock: Path) -> int:
+    """Ask for and run trials until the study has ``trials`` finished ones; return how many ran here."""
+    import optuna
+    from optuna.storages import fail_stale_trials
+    from optuna.storages._heartbeat import get_heartbeat_thread
+    from optuna.trial import TrialState
+
+    ran = 0
+    attempts = 0
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # ask/tell with our own heartbeat thread (below) is what Study.optimize does internally
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+    while True:
+        fail_stale_trials(study)  # a dead process's trial is failed and queued again
+        with _locked(lock):
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+            running = states.count(TrialState.RUNNING)
+            waiting = states.count(TrialState.WAITING)
+            if finished >= trials:
+                return ran
+            busy = not waiting and finished + running >= trials
+            trial = None if busy else study.ask()
+        if trial is None:  # the rest are running elsewhere; wait in case one of them dies
+            time.sleep(1.0)
+            continue
+        attempts += 1
+        if attempts > 3 * trials + 10:
+            raise ConfigError(
+                "too many trials failed; see the errors in results.json and fix the recipe space."
+            )
+        heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
+        heartbeat.start()
+        try:
+            values = trialist.objective(trial)
+        except optuna.TrialPruned as exc:
+            heartbeat.join()
+            trial.set_user_attr("pruned", str(exc))
+            study.tell(trial, state=TrialState.PRUNED)
+        except FulcrumError as exc:
+            heartbeat.join()
+            trial.set_user_attr("error", str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, exc)
+        else:
+            heartbeat.join()
+            study.tell(trial, values)
+        ran += 1
+
+
+def _worker(
+    spec: str,
+    settings: SearchSettings,
+    run_dir: str,
+    url: str,
+    name: str,
+    threads: int,
+    index: int,
+    reference: dict[str, Any],
+) -> None:
+    """A worker process: loads the workload by name and joins the study."""
+    import torch
+
+    from fulcrum.workloads import load
+
+    torch.set_num_threads(threads)
+    worker_settings = replace(settings, seed=settings.seed + index)
+    workload = load(spec)
+    storage = storage_for(url)
+    study = open_study(worker_settings, storage, name, settings.objectives)
+    trialist = Trialist(workload, worker_settings, Path(run_dir), threads, reference)
+    work(study, trialist, settings.trials, Path(run_dir) / ".ask.lock")
+
+
+# -- the whole search ---------------------------------------------------------------------------
+
+
+def search(
+    workload: Any,
+    settings: SearchSettings,
+    run_dir: Path,
+    *,
+    spec: str | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the study in ``run_dir``, re-measure the frontier, pick the sweet spot.
+
+    Returns the content of ``results.json``; ``result["pick"]["point"]`` is None when nothing
+    met the budget.
+    """
+    import torch
+
+    from fulcrum.runtimes import default_threads
+
+    if not isinstance(workload.model, torch.nn.Module):
+        raise ConfigError(
+            "search needs a PyTorch model; an ONNX workload can be profiled and evaluated only."
+        )
+    if settings.workers > 1 and spec is None:
+        raise ConfigError(
+            "--workers > 1 needs the workload as a name or file, so that each worker can load it."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    name = study_name or "fulcrum"
+    threads = threads or max(1, default_threads() // settings.workers)
+    say = progress or (lambda _m: None)
+    study = open_study(settings, storage_for(url), name, settings.objectives)
+    torch.set_num_threads(threads)
+    say("measuring the baseline")
+    trialist = Trialist(workload, settings, run_dir, threads, {}, progress=say)
+    reference = study.user_attrs.get("baseline")
+    if reference is None:
+        reference = {
+            "metric": trialist.base.metric,
+            "latency_ms": trialist.base.latency_ms,
+            "size_bytes": trialist.base.size_bytes,
+            "macs": trialist.base.macs,
+            "params": trialist.base.params,
+            "metrics": trialist.base.metrics,
+            "workload_source": spec or workload.source or workload.name,
+            "settings": {k: v for k, v in asdict(settings).items() if k not in ("workers",)},
+        }
+        study.set_user_attr("baseline", reference)
+    trialist.reference = reference
+    start = time.perf_counter()
+    if settings.workers > 1:
+        context = multiprocessing.get_context("spawn")
+        procs = [
+            context.Process(
+                target=_worker,
+                args=(spec, settings, str(run_dir), url, name, threads, i, reference),
+            )
+            for i in range(1, settings.workers)
+        ]
+        for p in procs:
+            p.start()
+        work(study, trialist, settings.trials, run_dir / ".ask.lock")
+        for p in procs:
+            p.join()
+    else:
+        work(study, trialist, settings.trials, run_dir / ".ask.lock")
+    search_seconds = time.perf_counter() - start
+    say("re-measuring the finalists side by side with the baseline")
+    return conclude(study, trialist, settings, run_dir, search_seconds)
+
+
+def _trial_record(t: Any) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "params": t.params,
+        "values": list(t.values) if t.values else None,
+        **t.user_attrs,
+        "started": t.datetime_start.isoformat() if t.datetime_start else None,
+        "seconds_total": (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.datetime_complete and t.datetime_start
+        else None,
+    }
+
+
+def conclude(
+    study: Any, trialist: Trialist, settings: SearchSettings, run_dir: Path, search_seconds: float
+) -> dict[str, Any]:
+    """The frontier, its finalists re-measured, the pick, results.json and sweetspot/."""
+    from optuna.trial import TrialState
+
+    from fulcrum import frontier, measure
+    from fulcrum.measure import environment
+    from fulcrum.runtimes import OnnxModel
+
+    reference = trialist.reference
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    objectives = [frontier.Objective(o, OBJECTIVES[o]) for o in settings.objectives]
+    keys = ("metric", "latency_ms", "latency_ratio", "size_bytes", "macs", "params")
+    points = [
+        frontier.Point(
+            key=str(t.number),
+            values={k: float(t.user_attrs[k]) for k in keys},
+            data={"recipe": t.user_attrs.get("recipe", "")},
+        )
+        for t in complete
+    ]
+    front = frontier.pareto_front(points, objectives) if points else []
+    # finalists: re-measured with more repetitions, interleaved with the baseline
+    finalists = front[: settings.finalists]
+    if finalists:
+        runners: dict[str, Any] = {"baseline": trialist.base.runner}
+        for p in finalists:
+            folder = run_dir / "trials" / p.key
+            if settings.runtime == "onnxruntime":
+                runners[p.key] = OnnxModel(folder / "model.onnx", trialist.threads)
+            else:
+                from fulcrum.compression import rebuild
+
+                runners[p.key] = rebuild(trialist.workload.model, folder)
+        times = measure.compare_latency(
+            runners,
+            trialist.workload.example_inputs,
+            batch_sizes=(settings.batch_size,),
+            threads=trialist.threads,
+            seconds=settings.final_seconds * len(runners) / 2,
+        )
+        base_ms = times[("baseline", settings.batch_size)].median_ms
+        remeasured = {
+            p.key: times[(p.key, settings.batch_size)].median_ms / base_ms for p in finalists
+        }
+        points = [
+            replace(
+                p,
+                values={
+                    **p.values,
+                    "latency_ratio": round(remeasured[p.key], 4),
+                    "latency_ms": round(remeasured[p.key] * reference["latency_ms"], 5),
+                },
+            )
+            if p.key in remeasured
+            else p
+            for p in points
+        ]
+        front = frontier.pareto_front(points, objectives)
+    budget = frontier.Budget(
+        metric="metric",
+        baseline=reference["metric"],
+        max_drop=settings.max_drop,
+        relative=settings.relative,
+        limits=settings.limits(),
+    )
+    cost = next(o for o in settings.objectives if o != "metric")
+    chosen = frontier.pick(
+        [p for p in points if p.key in {f.key for f in front}] or points,
+        objectives,
+        budget,
+        settings.policy,
+        cost=cost,
+    )
+    if chosen.point is not None:
+        target = run_dir / "sweetspot"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(run_dir / "trials" / chosen.point.key, target)
+    result = {
+        "workload": reference["workload_source"],
+        "settings": asdict(settings),
+        "baseline": {
+            k: reference[k]
+            for k in ("metric", "latency_ms", "size_bytes", "macs", "params", "metrics")
+        },
+        "trials": [_trial_record(t) for t in study.get_trials(deepcopy=False)],
+        "frontier": [{"trial": p.key, **p.values, **p.data} for p in front],
+        "pick": {
+            "policy": chosen.policy,
+            "reason": chosen.reason,
+            "point": (
+                {"trial": chosen.point.key, **chosen.point.values, **chosen.point.data}
+                if chosen.point
+                else None
+            ),
+            "closest": [{"trial": p.key, **p.values, **p.data} for p in chosen.closest],
+        },
+        "search_seconds": round(search_seconds, 1),
+        "environment": environment(trialist.threads),
+    }
+    (run_dir / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result

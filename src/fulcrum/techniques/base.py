@@ -1,0 +1,266 @@
+"""What every technique shares: the Candidate passed between steps, the context, the registry.
+
+A technique is one file with three things: a frozen config dataclass that validates itself, an
+``apply(config, candidate, context) -> Candidate`` that returns a new candidate and never changes
+its input, and ``space(trial) -> config``, the ranges a search explores (``trial`` is an Optuna
+trial or anything with the same ``suggest_*`` methods).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from fulcrum.errors import ConfigError, suggest
+
+
+class Trial(Protocol):
+    """The part of ``optuna.Trial`` a search space uses."""
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int: ...
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TechniqueConfig:
+    """Base of technique configs: frozen, validated on construction, saved with type and version."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    primary: ClassVar[str | None] = None  # the field a bare value sets: "quantize:int8-static"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for a value out of range; subclasses extend this."""
+
+    def check_range(
+        self,
+        field_name: str,
+        low: float,
+        high: float,
+        *,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> None:
+        value = getattr(self, field_name)
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if not isinstance(value, int | float) or isinstance(value, bool) or too_low or too_high:
+            lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+            raise ConfigError(
+                f"The {field_name!r} parameter of {self.name} must be a number in the range "
+                f"{lo}{low}, {high}{hi}. Got {value!r} instead."
+            )
+
+    def check_choice(self, field_name: str, choices: Iterable[str]) -> None:
+        value, options = getattr(self, field_name), list(choices)
+        if value not in options:
+            raise ConfigError(
+                f"The {field_name!r} parameter of {self.name} must be one of {', '.join(map(repr, options))}. "
+                f"Got {value!r} instead.{suggest(str(value), options)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config with its type and version, as plain JSON values."""
+        values = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return {"type": self.name, "version": self.version, **values}
+
+    def __str__(self) -> str:
+        args = ",".join(
+            f"{f.name}={_text(getattr(self, f.name))}"
+            for f in fields(self)
+            if getattr(self, f.name) != f.default
+        )
+        return f"{self.name}:{args}" if args else self.name
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return "+".join(map(str, value))
+    return str(value)
+
+
+def coerce(config_cls: type[TechniqueConfig], key: str, raw: Any) -> Any:
+    """Convert a recipe's text (or TOML value) to the type the config field declares."""
+    hints = typing.get_type_hints(config_cls)
+    if key not in hints:
+        names = [f.name for f in fields(config_cls)]
+        raise ConfigError(
+            f"{config_cls.name} has no parameter {key!r}; its parameters are {', '.join(names)}."
+            f"{suggest(key, names)}"
+        )
+    hint = hints[key]
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    options = tuple(typing.get_origin(o) or o for o in options)
+    if raw is None or (isinstance(raw, str) and raw.lower() == "none" and type(None) in options):
+        return None
+    if not isinstance(raw, str):
+        return tuple(raw) if isinstance(raw, list) else raw
+    for kind in options:
+        try:
+            if kind is bool:
+                if raw.lower() in ("true", "yes", "1", "false", "no", "0"):
+                    return raw.lower() in ("true", "yes", "1")
+                continue
+            if kind is int:
+                return int(raw)
+            if kind is float:
+                value = float(raw)
+                if math.isfinite(value):
+                    return value
+            if kind is tuple:
+                return tuple(part for part in raw.split("+") if part)
+            if kind is str:
+                return raw
+        except ValueError:
+            continue
+    raise ConfigError(
+        f"The {key!r} parameter of {config_cls.name} cannot be {raw!r}; expected {hint}."
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """A record of one applied technique: its config, what it measured, what to know."""
+
+    config: dict[str, Any]
+    seconds: float
+    notes: tuple[str, ...] = ()
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A compressed model and where it runs.
+
+    ``model`` is always a float-compatible PyTorch module (what training steps continue from).
+    When ``onnx`` is set, the deployed form is that ONNX graph run on ONNX Runtime (int8 or fp16
+    weights); otherwise it is ``model`` itself on PyTorch.
+    """
+
+    model: nn.Module
+    onnx: bytes | None = None
+    runtime: str = "torch"
+    steps: tuple[Step, ...] = ()
+
+    def with_step(self, step: Step, **changes: Any) -> Candidate:
+        return dataclasses.replace(self, steps=(*self.steps, step), **changes)
+
+    @property
+    def final(self) -> bool:
+        """True once the model has left PyTorch (quantized to an ONNX graph): nothing can follow."""
+        return self.onnx is not None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What techniques may use besides the model: the workload's data, task and teacher."""
+
+    task: str
+    example_inputs: tuple[torch.Tensor, ...]
+    train: Any = None
+    val: Any = None
+    calib: Any = None
+    teacher: nn.Module | None = None
+    num_classes: int | None = None
+    threads: int = 1
+    seed: int = 0
+    progress: Callable[[str], None] = lambda _message: None
+    on_epoch: Callable[[int, float], None] | None = None  # called with each holdout score
+
+
+ApplyFn = Callable[[Any, Candidate, Context], Candidate]
+SpaceFn = Callable[[Trial], TechniqueConfig]
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    config: type[TechniqueConfig]
+    apply: ApplyFn
+    space: SpaceFn
+    summary: str
+    speeds_up: str  # the runtimes on which it is meant to be faster, or "" if it is not
+    # what it promises to reduce, checked by the contract suite: "params" (and MACs), "nonzero",
+    # "artifact" (bytes of the deployed file) or "" (nothing by itself, e.g. fine-tuning)
+    reduces: str = ""
+    invalid: dict[str, Any] = field(default_factory=dict)  # a parameter value it must refuse
+
+
+TECHNIQUES: dict[str, Technique] = {}
+
+
+def register(technique: Technique) -> Technique:
+    TECHNIQUES[technique.name] = technique
+    return technique
+
+
+def get(name: str) -> Technique:
+    from fulcrum import techniques  # noqa: F401 - importing the package registers every technique
+
+    if name not in TECHNIQUES:
+        raise ConfigError(
+            f"unknown technique {name!r}; choose from {', '.join(sorted(TECHNIQUES))}."
+            f"{suggest(name, TECHNIQUES)}"
+        )
+    return TECHNIQUES[name]
+
+
+def config_from_dict(data: dict[str, Any]) -> TechniqueConfig:
+    """Rebuild a config from ``to_dict()`` output."""
+    data = dict(data)
+    technique = get(str(data.pop("type", "")))
+    data.pop("version", None)
+    return technique.config(**{k: coerce(technique.config, k, v) for k, v in data.items()})
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode: techniques never change the model they were given."""
+    return copy.deepcopy(model).eval()
+
+
+def find_modules(model: nn.Module, names: Iterable[str]) -> list[nn.Module]:
+    """Modules by qualified name, with a clear error for a name that is not in the model."""
+    modules = dict(model.named_modules())
+    found = []
+    for name in names:
+        if name not in modules:
+            raise ConfigError(
+                f"layer {name!r} is not in the model; its layers include "
+                f"{', '.join(list(n for n in modules if n)[:8])} ...{suggest(name, modules)}"
+            )
+        found.append(modules[name])
+    return found
+
+
+def head_name(model: nn.Module) -> str | None:
+    """The last Linear (or Conv) layer in definition order: the classifier head by convention."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | nn.Conv2d | nn.Conv1d):
+            last = name
+    return last

@@ -1,0 +1,139 @@
+"""Knowledge distillation: a student learns the teacher's softened outputs and the true labels.
+
+The student is the model compressed so far (recovery after pruning), or — with ``width`` — a
+narrower copy of the teacher's own architecture, built by removing channels uniformly with
+Torch-Pruning and re-initialising its weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fulcrum.errors import ConfigError, TechniqueError
+from fulcrum.techniques.base import (
+    Candidate,
+    Context,
+    Step,
+    Technique,
+    TechniqueConfig,
+    Trial,
+    register,
+)
+from fulcrum.train import AUGMENTS, fit, score
+
+
+@dataclass(frozen=True)
+class DistillConfig(TechniqueConfig):
+    """Loss = ``alpha`` * soft (teacher at ``temperature``) + (1 - ``alpha``) * hard (labels)."""
+
+    name: ClassVar[str] = "distill"
+    primary: ClassVar[str | None] = "epochs"
+    epochs: int = 5
+    temperature: float = 4.0
+    alpha: float = 0.7
+    lr: float = 1e-3
+    width: float | None = None
+    augment: str = "auto"
+    patience: int = 3
+
+    def validate(self) -> None:
+        self.check_range("epochs", 1, 1000)
+        self.check_range("temperature", 1.0, 50.0)
+        self.check_range("alpha", 0.0, 1.0)
+        self.check_range("lr", 0.0, 1.0, low_open=True)
+        if self.width is not None:
+            self.check_range("width", 0.05, 1.0, high_open=True)
+        self.check_choice("augment", AUGMENTS)
+        self.check_range("patience", 0, 1000)
+
+
+def narrower(model: nn.Module, width: float, ctx: Context) -> nn.Module:
+    """A copy of ``model``'s architecture at ``width`` of its channels, freshly initialised."""
+    from fulcrum.techniques.prune import PruneConfig
+    from fulcrum.techniques.prune import apply as prune
+
+    student = prune(
+        PruneConfig(ratio=round(1.0 - width, 4), round_to=1), Candidate(model=model), ctx
+    ).model
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(ctx.seed)
+    for module in student.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    torch.random.set_rng_state(generator_state)
+    return student
+
+
+def apply(config: DistillConfig, candidate: Candidate, ctx: Context) -> Candidate:
+    if candidate.final:
+        raise TechniqueError("distill cannot follow quantize: put quantize last in the recipe.")
+    if ctx.teacher is None or not isinstance(ctx.teacher, nn.Module):
+        raise ConfigError(
+            "distill needs a PyTorch teacher model; this workload has none (an ONNX model cannot teach)."
+        )
+    if ctx.train is None:
+        raise ConfigError(
+            "distill has no teacher signal: the workload has no training split to run the teacher on; "
+            "add 'train' to its data."
+        )
+    alpha = 1.0 if ctx.task == "embedding" else config.alpha  # embeddings have no labels
+    start = time.perf_counter()
+    student = (
+        candidate.model if config.width is None else narrower(candidate.model, config.width, ctx)
+    )
+    model = fit(
+        student,
+        ctx.train,
+        ctx.task,
+        epochs=config.epochs,
+        lr=config.lr,
+        seed=ctx.seed,
+        augment=config.augment,
+        teacher=ctx.teacher,
+        temperature=config.temperature,
+        alpha=alpha,
+        patience=config.patience or None,
+        progress=ctx.progress,
+        on_epoch=ctx.on_epoch,
+    )
+    facts: dict[str, float] = {}
+    if ctx.val is not None:
+        facts = {"val_after": round(score(model, ctx.val, ctx.task, ctx.teacher), 4)}
+    notes = (
+        "compare with the same student trained without a teacher (finetune) before crediting distillation",
+    )
+    step = Step(
+        config=config.to_dict(),
+        seconds=round(time.perf_counter() - start, 3),
+        notes=notes,
+        facts=facts,
+    )
+    return candidate.with_step(step, model=model)
+
+
+def space(trial: Trial) -> DistillConfig:
+    return DistillConfig(
+        epochs=trial.suggest_int("distill.epochs", 2, 10),
+        temperature=round(trial.suggest_float("distill.temperature", 2.0, 8.0), 2),
+        alpha=round(trial.suggest_float("distill.alpha", 0.3, 0.9), 2),
+    )
+
+
+TECHNIQUE = register(
+    Technique(
+        name="distill",
+        config=DistillConfig,
+        apply=apply,
+        space=space,
+        summary="knowledge distillation from the original model (soft targets + labels)",
+        speeds_up="",
+        reduces="",
+        invalid={"temperature": 0.5},
+    )
+)

@@ -1,0 +1,98 @@
+"""Recovery fine-tuning: a few epochs on the training split, with augmentation and early stopping."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from fulcrum.errors import ConfigError, TechniqueError
+from fulcrum.techniques.base import (
+    Candidate,
+    Context,
+    Step,
+    Technique,
+    TechniqueConfig,
+    Trial,
+    register,
+)
+from fulcrum.train import AUGMENTS, fit, score
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TechniqueConfig):
+    """Train the current model on the task's labels for up to ``epochs`` epochs.
+
+    ``augment``: ``auto`` picks small shifts and noise for images and noise for tabular or signal
+    inputs; ``patience`` stops early when the holdout metric (carved from the training split)
+    stops improving.
+    """
+
+    name: ClassVar[str] = "finetune"
+    primary: ClassVar[str | None] = "epochs"
+    epochs: int = 5
+    lr: float = 1e-3
+    augment: str = "auto"
+    patience: int = 3
+    weight_decay: float = 1e-4
+
+    def validate(self) -> None:
+        self.check_range("epochs", 1, 1000)
+        self.check_range("lr", 0.0, 1.0, low_open=True)
+        self.check_choice("augment", AUGMENTS)
+        self.check_range("patience", 0, 1000)
+        self.check_range("weight_decay", 0.0, 1.0)
+
+
+def apply(config: FinetuneConfig, candidate: Candidate, ctx: Context) -> Candidate:
+    if candidate.final:
+        raise TechniqueError("finetune cannot follow quantize: put quantize last in the recipe.")
+    if ctx.train is None:
+        raise ConfigError("finetune needs the workload's training split; add 'train' to its data.")
+    if ctx.task == "embedding":
+        raise ConfigError(
+            "finetune needs labels, which an embedding task lacks; use distill instead."
+        )
+    start = time.perf_counter()
+    model = fit(
+        candidate.model,
+        ctx.train,
+        ctx.task,
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        seed=ctx.seed,
+        augment=config.augment,
+        patience=config.patience or None,
+        progress=ctx.progress,
+        on_epoch=ctx.on_epoch,
+    )
+    facts = {}
+    if ctx.val is not None:
+        facts = {
+            "val_before": round(score(candidate.model, ctx.val, ctx.task), 4),
+            "val_after": round(score(model, ctx.val, ctx.task), 4),
+        }
+    step = Step(config=config.to_dict(), seconds=round(time.perf_counter() - start, 3), facts=facts)
+    return candidate.with_step(step, model=model)
+
+
+def space(trial: Trial) -> FinetuneConfig:
+    return FinetuneConfig(
+        epochs=trial.suggest_int("finetune.epochs", 2, 10),
+        lr=float(f"{trial.suggest_float('finetune.lr', 3e-4, 3e-3, log=True):.2g}"),
+    )
+
+
+TECHNIQUE = register(
+    Technique(
+        name="finetune",
+        config=FinetuneConfig,
+        apply=apply,
+        space=space,
+        summary="recovery fine-tuning with augmentation and early stopping on a training holdout",
+        speeds_up="",
+        reduces="",
+        invalid={"epochs": 0},
+    )
+)

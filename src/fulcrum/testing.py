@@ -1,0 +1,166 @@
+"""Tiny models and the contract every technique must keep — a new technique is tested by registering it.
+
+from fulcrum.testing import check_technique
+check_technique(get("prune"))          # raises AssertionError naming the broken promise
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fulcrum.errors import ConfigError
+from fulcrum.techniques import Candidate, Context, Technique, TechniqueConfig, config_from_dict
+
+# fast settings for techniques that train; anything else runs with its defaults
+QUICK: dict[str, dict[str, Any]] = {"finetune": {"epochs": 1}, "distill": {"epochs": 1}}
+
+
+def tiny_cnn(num_classes: int = 4) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    ).eval()
+
+
+def tiny_mlp(num_classes: int = 4) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, num_classes)
+    ).eval()
+
+
+def tiny_data(
+    shape: tuple[int, ...], num_classes: int = 4, n: int = 96, seed: int = 0
+) -> TensorDataset:
+    """Inputs whose class is readable from their mean pattern, so training has something to learn."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % num_classes
+    x = torch.randn(n, *shape, generator=g) * 0.5
+    x = x + (y.float() - num_classes / 2).view(-1, *([1] * len(shape))) * 0.5
+    return TensorDataset(x, y)
+
+
+TINY: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "cnn": (tiny_cnn, (3, 8, 8)),
+    "mlp": (tiny_mlp, (16,)),
+}
+
+
+def tiny_context(kind: str, model: nn.Module) -> Context:
+    data = tiny_data(TINY[kind][1])
+    train = DataLoader(
+        data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    val = DataLoader(tiny_data(TINY[kind][1], seed=1, n=32), batch_size=32)
+    return Context(
+        task="multiclass",
+        example_inputs=(data.tensors[0][:1],),
+        train=train,
+        val=val,
+        calib=DataLoader(data, batch_size=16),
+        teacher=model,
+        num_classes=4,
+        threads=1,
+    )
+
+
+def run_deployed(candidate: Candidate, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    from fulcrum.runtimes import OnnxModel, output_tensor
+
+    if candidate.onnx is not None:
+        return OnnxModel(candidate.onnx, threads=1)(*inputs)
+    with torch.no_grad():
+        return output_tensor(candidate.model(*inputs))
+
+
+def _size(candidate: Candidate, inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
+    from fulcrum.compression import onnx_bytes
+    from fulcrum.measure import parameter_counts, torch_compute
+
+    total, _, nonzero = parameter_counts(candidate.model)
+    return {
+        "params": total,
+        "macs": torch_compute(candidate.model, inputs)[0],
+        "nonzero": nonzero,
+        "artifact": len(onnx_bytes(candidate, inputs)),
+    }
+
+
+def check_technique(
+    technique: Technique, kind: str = "cnn", config: TechniqueConfig | None = None
+) -> Candidate:
+    """Apply ``technique`` to a tiny model and check every promise of the technique contract."""
+    factory, shape = TINY[kind]
+    model = factory()
+    ctx = tiny_context(kind, model)
+    config = config or technique.config(**QUICK.get(technique.name, {}))
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = (torch.randn(5, *shape, generator=torch.Generator().manual_seed(3)),)
+    reference = run_deployed(Candidate(model=model), batch)
+    candidate = technique.apply(config, Candidate(model=model), ctx)
+
+    name = technique.name
+    # a new model: a new PyTorch module, or (quantization) a new ONNX graph to deploy
+    assert candidate.model is not model or candidate.onnx is not None, (
+        f"{name}: apply returned its input model instead of a new one"
+    )
+    after_state = model.state_dict()
+    assert before_state.keys() == after_state.keys() and all(
+        torch.equal(before_state[k], after_state[k]) for k in before_state
+    ), f"{name}: apply changed the model it was given"
+    out = run_deployed(candidate, batch)
+    assert out.shape == reference.shape, (
+        f"{name}: output shape {list(out.shape)} != {list(reference.shape)}"
+    )
+    assert torch.isfinite(out).all(), f"{name}: the compressed model produces NaN or inf"
+    assert candidate.steps and candidate.steps[-1].config["type"] == name, (
+        f"{name}: no step recorded"
+    )
+
+    if technique.reduces:
+        base, now = (
+            _size(Candidate(model=model), ctx.example_inputs),
+            _size(candidate, ctx.example_inputs),
+        )
+        keys = ("params", "macs") if technique.reduces == "params" else (technique.reduces,)
+        for key in keys:
+            assert now[key] < base[key], (
+                f"{name}: promised to reduce {key}, got {now[key]} vs {base[key]}"
+            )
+
+    assert config_from_dict(config.to_dict()) == config, (
+        f"{name}: config does not round-trip to_dict"
+    )
+    from fulcrum.compression import parse_recipe
+
+    assert parse_recipe(str(config)) == (config,), (
+        f"{name}: config does not round-trip its recipe text"
+    )
+    if technique.invalid:
+        try:
+            technique.config(**technique.invalid)
+        except ConfigError as exc:
+            assert "\n" not in str(exc), f"{name}: error is not one line"
+        else:
+            raise AssertionError(f"{name}: accepted invalid parameters {technique.invalid}")
+    return candidate
+
+
+def fields_of(config: TechniqueConfig) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}

@@ -1,0 +1,430 @@
+"""The frontier: hand-made fronts, properties over random points, budgets, policies, errors."""
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fulcrum.errors import ConfigError
+from fulcrum.frontier import (
+    POLICIES,
+    Budget,
+    Objective,
+    Point,
+    dominates,
+    knee,
+    pareto_front,
+    pick,
+)
+
+ACC_LAT = [Objective("accuracy", "maximize"), Objective("latency_ms", "minimize")]
+ACC_LAT_SIZE = [*ACC_LAT, Objective("size_mb", "minimize")]
+
+
+def pt(key, accuracy, latency_ms, size_mb=1.0, **extra):
+    return Point(key, {"accuracy": accuracy, "latency_ms": latency_ms, "size_mb": size_mb, **extra})
+
+
+def keys(points):
+    return [p.key for p in points]
+
+
+# -- hand-made fronts ---------------------------------------------------------------------------
+
+
+def test_two_objective_front_excludes_dominated_points_and_sorts_best_first():
+    points = [
+        pt("a", 0.90, 1.0),
+        pt("b", 0.95, 2.0),
+        pt("c", 0.99, 5.0),
+        pt("d", 0.94, 2.5),  # dominated by b
+        pt("e", 0.89, 1.0),  # dominated by a (equal latency, lower accuracy)
+        pt("f", 0.99, 6.0),  # dominated by c (equal accuracy, slower)
+    ]
+    assert keys(pareto_front(points, ACC_LAT)) == ["c", "b", "a"]
+    assert dominates(points[1], points[3], ACC_LAT)
+    assert not dominates(points[0], points[1], ACC_LAT)
+    assert not dominates(points[0], points[0], ACC_LAT)  # never dominates itself
+
+
+def test_three_objective_front_keeps_points_that_win_on_the_third_objective():
+    points = [
+        pt("big", 0.99, 2.0, 10.0),
+        pt("small", 0.97, 2.0, 1.0),  # worse accuracy, smaller: on the front only in 3-D
+        pt("slow", 0.97, 3.0, 1.0),  # dominated by small
+        pt("tiny", 0.90, 5.0, 0.5),
+        pt("meh", 0.96, 2.5, 5.0),  # dominated by small
+    ]
+    assert keys(pareto_front(points, ACC_LAT)) == ["big"]
+    assert keys(pareto_front(points, ACC_LAT_SIZE)) == ["big", "small", "tiny"]
+
+
+def test_duplicates_keep_only_the_smallest_key_in_natural_order():
+    points = [pt("10", 0.9, 1.0), pt("9", 0.9, 1.0), pt("11", 0.9, 1.0), pt("2", 0.8, 0.5)]
+    assert keys(pareto_front(points, ACC_LAT)) == ["9", "2"]
+    # extra values that are not objectives do not make points different
+    points = [pt("b", 0.9, 1.0, flops=3.0), pt("a", 0.9, 1.0, flops=1.0)]
+    assert keys(pareto_front(points, ACC_LAT)) == ["a"]
+
+
+def test_empty_input_gives_an_empty_front():
+    assert pareto_front([], ACC_LAT) == []
+
+
+def test_knee_of_an_l_shaped_front_is_the_corner():
+    front = [
+        pt("fast", 0.50, 1.0),
+        pt("corner", 0.95, 2.0),
+        pt("a", 0.955, 5.0),
+        pt("accurate", 0.96, 10.0),
+    ]
+    assert knee(front, ACC_LAT).key == "corner"
+    assert knee(pareto_front(list(reversed(front)), ACC_LAT), ACC_LAT).key == "corner"
+
+
+def test_knee_of_a_three_objective_front_and_of_one_point():
+    front = [
+        pt("acc", 0.99, 9.0, 9.0),
+        pt("mid", 0.97, 2.0, 2.0),
+        pt("lat", 0.60, 1.0, 8.0),
+        pt("size", 0.60, 8.0, 1.0),
+    ]
+    assert knee(front, ACC_LAT_SIZE).key == "mid"
+    assert knee([front[0]], ACC_LAT_SIZE).key == "acc"
+
+
+def test_knee_ties_go_to_the_smallest_key():
+    # symmetric front: the two ends are equally far from utopia, the middle is nearer
+    front = [pt("b", 1.0, 2.0), pt("a", 0.0, 0.0)]
+    assert knee(front, ACC_LAT).key == "a"
+
+
+def test_knee_of_an_empty_front_is_an_error():
+    with pytest.raises(ConfigError, match="empty"):
+        knee([], ACC_LAT)
+
+
+# -- properties over random points --------------------------------------------------------------
+
+# Small grids, so that ties and exact duplicates are common.
+accuracies = st.integers(80, 100).map(lambda i: i / 100)
+latencies = st.integers(1, 12).map(float)
+sizes = st.integers(1, 6).map(lambda i: i / 2)
+
+
+@st.composite
+def point_sets(draw, min_size=0, max_size=25):
+    rows = draw(
+        st.lists(st.tuples(accuracies, latencies, sizes), min_size=min_size, max_size=max_size)
+    )
+    # keys in a scrambled order, so that "smallest key" and "first in the input" differ
+    numbers = draw(st.permutations(range(len(rows))))
+    return [pt(str(n), a, lat, s) for n, (a, lat, s) in zip(numbers, rows, strict=True)]
+
+
+objective_sets = st.sampled_from([ACC_LAT, ACC_LAT_SIZE, ACC_LAT_SIZE[::-1]])
+
+
+@st.composite
+def budgets(draw):
+    limits = {}
+    if draw(st.booleans()):
+        limits["latency_ms"] = float(draw(st.integers(1, 12)))
+    if draw(st.booleans()):
+        limits["size_mb"] = draw(sizes)
+    return Budget(
+        "accuracy",
+        baseline=draw(accuracies),
+        max_drop=draw(st.sampled_from([None, 0.0, 0.5, 1.0, 2.0, 5.0])),
+        relative=draw(st.booleans()),
+        limits=limits,
+    )
+
+
+def values_on(point, objectives):
+    return tuple(point.values[o.name] for o in objectives)
+
+
+PROPERTY = settings(max_examples=200, deadline=None)
+
+
+@PROPERTY
+@given(point_sets(), objective_sets)
+def test_no_front_point_is_dominated(points, objectives):
+    front = pareto_front(points, objectives)
+    assert all(not dominates(p, f, objectives) for f in front for p in points)
+
+
+@PROPERTY
+@given(point_sets(), objective_sets)
+def test_every_point_off_the_front_is_dominated_or_a_duplicate(points, objectives):
+    front = pareto_front(points, objectives)
+    on_front = {p.key for p in front}
+    for p in points:
+        if p.key in on_front:
+            continue
+        assert any(
+            dominates(f, p, objectives) or values_on(f, objectives) == values_on(p, objectives)
+            for f in front
+        )
+    # of duplicates, the kept one has the smallest key
+    for f in front:
+        twins = [p for p in points if values_on(p, objectives) == values_on(f, objectives)]
+        assert int(f.key) == min(int(p.key) for p in twins)
+
+
+@PROPERTY
+@given(point_sets(), objective_sets, st.data())
+def test_front_is_invariant_under_shuffling(points, objectives, data):
+    shuffled = data.draw(st.permutations(points))
+    assert keys(pareto_front(shuffled, objectives)) == keys(pareto_front(points, objectives))
+
+
+@PROPERTY
+@given(point_sets(min_size=1), objective_sets)
+def test_knee_is_a_front_point(points, objectives):
+    front = pareto_front(points, objectives)
+    assert knee(front, objectives).key in keys(front)
+
+
+@PROPERTY
+@given(point_sets(), objective_sets, budgets())
+def test_tolerance_pick_is_feasible_and_cheapest(points, objectives, budget):
+    chosen = pick(points, objectives, budget)
+    assert keys(chosen.feasible) == sorted((p.key for p in points if budget.allows(p)), key=int)
+    if chosen.point is None:
+        return
+    p = chosen.point
+    assert budget.allows(p)
+    if budget.max_drop is not None:
+        scale = budget.baseline if budget.relative else 1.0
+        assert p.values["accuracy"] >= budget.baseline - scale * budget.max_drop / 100 - 1e-9
+    for name, limit in budget.limits.items():
+        assert p.values[name] <= limit
+    cost = next(o.name for o in objectives if o.direction == "minimize")
+    assert not any(q.values[cost] < p.values[cost] for q in chosen.feasible)
+
+
+@PROPERTY
+@given(point_sets(), objective_sets, budgets(), st.sampled_from(POLICIES), st.data())
+def test_pick_is_deterministic_and_feasible_for_every_policy(
+    points, objectives, budget, policy, data
+):
+    shuffled = data.draw(st.permutations(points))
+    first = pick(points, objectives, budget, policy)
+    second = pick(shuffled, objectives, budget, policy)
+    assert first == second
+    if first.point is not None:
+        assert first.point in first.feasible
+        assert first.closest == ()
+
+
+@PROPERTY
+@given(point_sets(min_size=1), objective_sets, budgets())
+def test_when_nothing_is_feasible_the_closest_are_listed_in_order(points, objectives, budget):
+    chosen = pick(points, objectives, budget)
+    if chosen.point is not None:
+        return
+    assert chosen.feasible == ()
+    assert 1 <= len(chosen.closest) <= 3
+    shortfalls = [budget.total_violation(p) for p in chosen.closest]
+    assert shortfalls == sorted(shortfalls)
+    assert all(s > 0 for s in shortfalls)
+    others = [p for p in points if p not in chosen.closest]
+    assert all(budget.total_violation(p) >= shortfalls[-1] for p in others)
+
+
+def test_nothing_feasible_reports_the_closest():
+    points = [pt("0", 0.95, 1.0), pt("1", 0.97, 3.0), pt("2", 0.90, 0.5)]
+    budget = Budget("accuracy", 0.99, max_drop=1.0, limits={"latency_ms": 2.0})
+    chosen = pick(points, ACC_LAT, budget)
+    assert chosen.point is None
+    # 0: 0.03 / 0.99 short; 1: 0.01 / 0.99 short + 1 / 2 over; 2: 0.08 / 0.99 short
+    assert keys(chosen.closest) == ["0", "2", "1"]
+    assert "none of the 3 candidates" in chosen.reason and "'0'" in chosen.reason
+
+
+def test_pick_over_no_points_is_none():
+    chosen = pick([], ACC_LAT, Budget("accuracy", 0.9, max_drop=1.0))
+    assert chosen.point is None and chosen.closest == () and chosen.feasible == ()
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+
+def test_max_drop_is_in_points_of_the_metric():
+    budget = Budget("accuracy", baseline=0.991, max_drop=1.0)
+    assert budget.floor == pytest.approx(0.981)
+    assert budget.allows(Point("ok", {"accuracy": 0.981}))  # exactly on the floor, despite rounding
+    assert not budget.allows(Point("low", {"accuracy": 0.9809}))
+    assert budget.violations(Point("low", {"accuracy": 0.9809})) == {
+        "accuracy": pytest.approx(0.0001)
+    }
+
+
+def test_relative_max_drop_is_a_percentage_of_the_baseline():
+    budget = Budget("accuracy", baseline=0.8, max_drop=1.0, relative=True)
+    assert budget.floor == pytest.approx(0.792)
+    assert budget.allows(Point("ok", {"accuracy": 0.792}))
+    assert not budget.allows(Point("low", {"accuracy": 0.7915}))
+    # the same drop in absolute points would allow 0.79
+    assert Budget("accuracy", baseline=0.8, max_drop=1.0).allows(Point("p", {"accuracy": 0.7915}))
+
+
+def test_no_max_drop_means_no_floor():
+    budget = Budget("accuracy", baseline=0.9)
+    assert budget.floor is None
+    assert budget.allows(Point("any", {"accuracy": 0.0}))
+    assert budget.allows(Point("no metric", {}))  # nothing is bounded
+    assert budget.violations(Point("p", {})) == {}
+
+
+def test_limits_are_upper_bounds_and_a_missing_measure_is_infeasible():
+    budget = Budget("accuracy", 0.9, max_drop=2.0, limits={"latency_ms": 2.0, "size_mb": 1.0})
+    fine = Point("fine", {"accuracy": 0.9, "latency_ms": 2.0, "size_mb": 0.5})
+    slow = Point("slow", {"accuracy": 0.85, "latency_ms": 3.0, "size_mb": 0.5})
+    unsized = Point("unsized", {"accuracy": 0.9, "latency_ms": 1.0})
+    nan = Point("nan", {"accuracy": math.nan, "latency_ms": 1.0, "size_mb": 0.5})
+    assert budget.violations(fine) == {"accuracy": 0.0, "latency_ms": 0.0, "size_mb": 0.0}
+    assert budget.allows(fine) and budget.total_violation(fine) == 0.0
+    over = budget.violations(slow)
+    assert over == {
+        "accuracy": pytest.approx(0.03),
+        "latency_ms": pytest.approx(1.0),
+        "size_mb": 0.0,
+    }
+    assert budget.total_violation(slow) == pytest.approx(0.03 / 0.9 + 1.0 / 2.0)
+    assert not budget.allows(unsized)
+    assert budget.violations(unsized)["size_mb"] == math.inf
+    assert budget.total_violation(unsized) == math.inf
+    assert not budget.allows(nan) and budget.violations(nan)["accuracy"] == math.inf
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_drop": -1.0}, "max_drop"),
+        ({"max_drop": math.inf}, "max_drop"),
+        ({"limits": {"latency_ms": 0.0}}, "latency_ms=0.0 must be a positive number"),
+        ({"limits": {"accuracy": 1.0}}, "both the quality metric and a cost limit"),
+        ({"baseline": math.nan}, "baseline"),
+    ],
+)
+def test_bad_budgets_are_refused(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Budget(**{"metric": "accuracy", "baseline": 0.9, **kwargs})
+
+
+# -- the policies -------------------------------------------------------------------------------
+
+THREE = [pt("0", 0.99, 4.0, 3.0), pt("1", 0.985, 2.0, 2.0), pt("2", 0.95, 1.0, 1.0)]
+
+
+def test_tolerance_picks_the_cheapest_within_the_drop():
+    budget = Budget("accuracy", baseline=0.99, max_drop=1.0)
+    chosen = pick(THREE, ACC_LAT, budget)
+    assert chosen.point is not None and chosen.point.key == "1"
+    assert keys(chosen.feasible) == ["0", "1"]
+    assert chosen.reason.startswith("lowest latency_ms (2) among 2 candidates within 1 pt")
+    # a looser drop lets the fastest in; an explicit cost changes what "cheapest" means
+    assert pick(THREE, ACC_LAT, Budget("accuracy", 0.99, max_drop=5.0)).point.key == "2"
+    assert pick(THREE, ACC_LAT, budget, cost="size_mb").point.key == "1"
+
+
+def test_tolerance_ties_go_to_other_costs_then_metric_then_key():
+    budget = Budget("accuracy", baseline=0.99, max_drop=10.0)
+    tied = [pt("3", 0.95, 1.0, 2.0), pt("2", 0.95, 1.0, 1.0), pt("1", 0.94, 1.0, 1.0)]
+    assert pick(tied, ACC_LAT_SIZE, budget).point.key == "2"  # smaller size
+    tied = [pt("3", 0.95, 1.0), pt("1", 0.94, 1.0)]
+    assert pick(tied, ACC_LAT, budget).point.key == "3"  # higher accuracy
+    tied = [pt("10", 0.95, 1.0), pt("9", 0.95, 1.0)]
+    assert pick(tied, ACC_LAT, budget).point.key == "9"  # smaller key, naturally
+
+
+def test_knee_policy_picks_the_knee_of_the_feasible_front():
+    points = [pt("fast", 0.50, 1.0), pt("corner", 0.95, 2.0), pt("accurate", 0.96, 10.0)]
+    chosen = pick(points, ACC_LAT, Budget("accuracy", 0.96, max_drop=50.0), "knee")
+    assert chosen.point.key == "corner" and "knee" in chosen.reason
+    # with "corner" over the latency limit, the knee is taken among what is left
+    limited = Budget("accuracy", 0.96, max_drop=50.0, limits={"latency_ms": 1.5})
+    assert pick(points, ACC_LAT, limited, "knee").point.key == "fast"
+
+
+def test_weighted_policy_follows_mnasnet_soft_constraint():
+    no_floor = Budget("accuracy", baseline=0.99)
+    # target = median latency (2): 0 loses 0.99 * 2 ** -0.07 = 0.943 < 0.985 for 1
+    assert pick(THREE, ACC_LAT, no_floor, "weighted").point.key == "1"
+    # target 1: 1 is worth 0.985 * 2 ** -0.07 = 0.938 < 0.95 for 2
+    assert pick(THREE, ACC_LAT, no_floor, "weighted", target=1.0).point.key == "2"
+    # a mild exponent keeps the most accurate
+    assert pick(THREE, ACC_LAT, no_floor, "weighted", target=1.0, exponent=-0.001).point.key == "0"
+    # the limit is the default target, and still hard
+    limited = Budget("accuracy", 0.99, limits={"latency_ms": 2.0})
+    chosen = pick(THREE, ACC_LAT, limited, "weighted")
+    assert chosen.point.key == "1" and keys(chosen.feasible) == ["1", "2"]
+
+
+def test_weighted_policy_refuses_a_bad_target_or_exponent():
+    budget = Budget("accuracy", baseline=0.99)
+    with pytest.raises(ConfigError, match="positive target"):
+        pick(THREE, ACC_LAT, budget, "weighted", target=0.0)
+    with pytest.raises(ConfigError, match="exponent"):
+        pick(THREE, ACC_LAT, budget, "weighted", exponent=0.5)
+
+
+def test_pick_the_way_search_calls_it():
+    objectives = [
+        Objective("metric", "maximize"),
+        Objective("latency_ms", "minimize"),
+        Objective("size_bytes", "minimize"),
+    ]
+    points = [
+        Point(str(i), {"metric": m, "latency_ms": lat, "size_bytes": s}, {"recipe": f"r{i}"})
+        for i, (m, lat, s) in enumerate([(0.97, 1.0, 9e5), (0.975, 0.8, 2e6), (0.9, 0.2, 1e5)])
+    ]
+    budget = Budget("metric", 0.98, max_drop=1.0, relative=False, limits={"size_bytes": 1e6})
+    chosen = pick(points, objectives, budget, "tolerance", cost="latency_ms")
+    assert chosen.point.key == "0" and chosen.point.data == {"recipe": "r0"}
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_unknown_policy_suggests_a_close_match():
+    with pytest.raises(ConfigError, match=r"unknown policy 'tolerence'.*Did you mean 'tolerance'"):
+        pick(THREE, ACC_LAT, Budget("accuracy", 0.99), "tolerence")
+
+
+def test_objective_missing_from_a_point_names_it_and_suggests():
+    objectives = [Objective("accuracy", "maximize"), Objective("latency", "minimize")]
+    with pytest.raises(ConfigError, match=r"no value 'latency'.*Did you mean 'latency_ms'"):
+        pareto_front(THREE, objectives)
+    with pytest.raises(ConfigError, match="no value 'latency'"):
+        pick(THREE, objectives, Budget("accuracy", 0.99))
+    with pytest.raises(ConfigError, match="no value 'acc'"):
+        pick(THREE, ACC_LAT, Budget("acc", 0.99))
+
+
+def test_bad_direction_suggests_the_spelling():
+    with pytest.raises(ConfigError, match="Did you mean 'maximize'"):
+        Objective("accuracy", "maximise")
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: pareto_front(THREE, []), "at least one objective"),
+        (lambda: pareto_front([*THREE, THREE[0]], ACC_LAT), "'0' appears twice"),
+        (lambda: pareto_front(THREE, [*ACC_LAT, ACC_LAT[0]]), "unique"),
+        (lambda: pareto_front([pt("x", math.nan, 1.0)], ACC_LAT), "finite number"),
+        (lambda: pick(THREE, ACC_LAT, Budget("accuracy", 0.9), cost="accuracy"), "maximised"),
+        (
+            lambda: pick(THREE, [ACC_LAT[0]], Budget("accuracy", 0.9)),
+            "no objective is minimised",
+        ),
+    ],
+)
+def test_other_bad_inputs_are_config_errors(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()

@@ -1,0 +1,272 @@
+"""The search: end to end on a tiny workload, resume after a kill, two workers, bad input."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fulcrum.cli import main
+from fulcrum.errors import ConfigError
+from fulcrum.search import SearchSettings
+
+SLOW_DATA = textwrap.dedent(
+    '''
+    import time
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+
+    class Slow(Dataset):
+        """Tiny, but slow enough per item that a trial lasts a few seconds."""
+
+        def __init__(self, n, seed, delay):
+            g = torch.Generator().manual_seed(seed)
+            self.x = torch.randn(n, 6, generator=g)
+            self.y = (self.x[:, 0] > 0).long()
+            self.delay = delay
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            time.sleep(self.delay)
+            return self.x[i], self.y[i]
+
+
+    def make_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+    def fast():
+        return {"train": Slow(48, 0, 0.0), "val": Slow(24, 1, 0.0)}
+
+
+    def slow():
+        return {"train": Slow(48, 0, 0.01), "val": Slow(24, 1, 0.01)}
+    '''
+)
+
+
+@pytest.fixture
+def search_dir(tmp_path):
+    (tmp_path / "slowcode.py").write_text(SLOW_DATA)
+    for name in ("fast", "slow"):
+        (tmp_path / f"{name}.toml").write_text(
+            f'task = "multiclass"\nmodel = "slowcode:make_model"\ndata = "slowcode:{name}"\n'
+        )
+    return tmp_path
+
+
+def search_args(search_dir, name, out, *extra):
+    return [
+        str(search_dir / f"{name}.toml"),
+        "--out",
+        str(out),
+        "--sampler",
+        "random",
+        "--trial-seconds",
+        "0.02",
+        "--max-drop",
+        "100",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+def states(out: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(out / "study.db") as db:
+        return db.execute("select number, state from trials order by number").fetchall()
+
+
+def test_search_writes_frontier_pick_and_sweetspot(capsys, search_dir):
+    out = search_dir / "run"
+    code = main(["search", *search_args(search_dir, "fast", out, "--trials", "4")])
+    printed = capsys.readouterr().out
+    result = json.loads((out / "results.json").read_text())
+    finished = [t for t in result["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
+    assert code == 0 and len(finished) == 4
+    assert result["frontier"] and result["pick"]["point"]["trial"] in {
+        p["trial"] for p in result["frontier"]
+    }
+    assert "baseline" in printed and "sweet spot" in printed and result["pick"]["reason"]
+    assert (out / "sweetspot" / "model.onnx").is_file()
+    for t in result["trials"]:
+        if t["state"] == "COMPLETE":
+            assert {"recipe", "metric", "latency_ms", "size_bytes", "seconds"} <= set(t)
+    assert result["environment"]["torch"]
+
+
+def test_impossible_budget_exits_1_with_the_closest(capsys, search_dir):
+    out = search_dir / "run"
+    code = main(
+        [
+            "search",
+            *search_args(search_dir, "fast", out, "--trials", "2", "--budget", "size_bytes=10"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    result = json.loads((out / "results.json").read_text())
+    assert code == 1 and result["pick"]["point"] is None and result["pick"]["closest"]
+    assert "closest" in printed
+
+
+def test_killed_search_resumes_and_retries_the_interrupted_trial(search_dir):
+    out = search_dir / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "fulcrum",
+        "search",
+        *search_args(search_dir, "slow", out, "--trials", "3"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(search_dir)}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    killed = None
+    while time.time() < deadline and first.poll() is None:
+        if (out / "study.db").exists():
+            try:
+                rows = states(out)
+            except sqlite3.OperationalError:
+                rows = []
+            done = [n for n, s in rows if s == "COMPLETE" or s == "PRUNED"]
+            running = [n for n, s in rows if s == "RUNNING"]
+            if done and running:
+                time.sleep(0.5)
+                first.send_signal(signal.SIGKILL)
+                first.wait()
+                killed = running[0]
+                break
+        time.sleep(0.2)
+    assert killed is not None, "the first search finished before it could be killed"
+    before = {n: s for n, s in states(out)}
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-2000:]
+    after = dict(states(out))
+    for number, state in before.items():  # nothing finished was lost or changed
+        if state in ("COMPLETE", "PRUNED"):
+            assert after[number] == state
+    assert after[killed] == "FAIL"
+    result = json.loads((out / "results.json").read_text())
+    assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in result["trials"]) == 3
+    with sqlite3.connect(out / "study.db") as db:
+        retried = db.execute(
+            "select count(*) from trial_system_attributes where key = 'failed_trial' and value_json = ?",
+            (json.dumps(killed),),
+        ).fetchone()[0]
+    assert retried == 1
+
+
+def test_two_workers_share_one_study(search_dir):
+    out = search_dir / "run"
+    env = {**os.environ, "PYTHONPATH": str(search_dir)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fulcrum",
+            "search",
+            *search_args(search_dir, "fast", out, "--trials", "5", "--workers", "2"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = states(out)
+    finished = [n for n, s in rows if s in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 5 and len(set(finished)) == 5
+    assert all((out / "trials" / str(n)).is_dir() for n, s in rows if s == "COMPLETE")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"objectives": ("metric", "latncy_ms")},
+            "unknown objective 'latncy_ms'.*Did you mean 'latency_ms'",
+        ),
+        ({"budgets": {"size_gb": 1.0}}, "unknown budget 'size_gb'.*Did you mean 'size_mb'"),
+        ({"policy": "kneee"}, "Did you mean 'knee'"),
+        ({"objectives": ("latency_ms", "size_bytes")}, "must include 'metric'"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        SearchSettings(**kwargs)
+
+
+def test_unreachable_storage_and_conflicting_study(capsys, search_dir):
+    code = main(
+        [
+            "search",
+            *search_args(
+                search_dir,
+                "fast",
+                search_dir / "a",
+                "--trials",
+                "1",
+                "--storage",
+                "postgresql://nobody@127.0.0.1:9/none",
+            ),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert (
+        code == 2
+        and "postgresql://nobody@127.0.0.1:9/none" in err
+        and len(err.strip().splitlines()) == 1
+    )
+    url = f"sqlite:///{search_dir / 'shared.db'}"
+    assert (
+        main(
+            [
+                "search",
+                *search_args(
+                    search_dir,
+                    "fast",
+                    search_dir / "b",
+                    "--trials",
+                    "1",
+                    "--storage",
+                    url,
+                    "--study",
+                    "s",
+                ),
+            ]
+        )
+        == 0
+    )
+    code = main(
+        [
+            "search",
+            *search_args(
+                search_dir,
+                "fast",
+                search_dir / "c",
+                "--trials",
+                "1",
+                "--storage",
+                url,
+                "--study",
+                "s",
+                "--objective",
+                "metric",
+                "--objective",
+                "size_bytes",
+            ),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "exists with objectives" in err

@@ -1,0 +1,107 @@
+"""The technique contract, run for every registered technique on tiny models built in code."""
+
+import pytest
+import torch
+
+from fulcrum.errors import ConfigError, TechniqueError
+from fulcrum.measure import parameter_counts, profile
+from fulcrum.techniques import TECHNIQUES, Candidate, Context, get
+from fulcrum.techniques.distill import DistillConfig
+from fulcrum.techniques.lowrank import LowRankConfig
+from fulcrum.techniques.prune import PruneConfig
+from fulcrum.techniques.sparsity import SparsityConfig
+from fulcrum.testing import check_technique, tiny_cnn, tiny_context, tiny_mlp
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+def test_every_technique_keeps_the_contract(name, kind):
+    check_technique(get(name), kind)
+
+
+def test_registry_lists_the_techniques_the_issue_names():
+    assert {"prune", "sparsify", "quantize", "distill", "lowrank", "finetune"} <= set(TECHNIQUES)
+
+
+def test_prune_rounds_channels_and_keeps_the_head():
+    model = tiny_cnn()
+    out = get("prune").apply(
+        PruneConfig(ratio=0.4, round_to=8), Candidate(model=model), tiny_context("cnn", model)
+    )
+    convs = [m for m in out.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.out_channels % 8 == 0 for c in convs)
+    assert out.model[-1].out_features == 4  # the classifier head keeps every class
+
+
+def test_prune_skip_and_unknown_layer():
+    model = tiny_cnn()
+    ctx = tiny_context("cnn", model)
+    out = get("prune").apply(PruneConfig(ratio=0.5, skip=("0",)), Candidate(model=model), ctx)
+    assert out.model[0].out_channels == 16
+    with pytest.raises(ConfigError, match="layer 'nope' is not in the model"):
+        get("prune").apply(PruneConfig(skip=("nope",)), Candidate(model=model), ctx)
+
+
+def test_prune_names_the_layer_it_cannot_trace():
+    class Odd(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return self.head(h.numpy().sum() + h)  # leaves torch: no graph to follow
+
+    model = Odd()
+    with pytest.raises(TechniqueError, match=r"torch-pruning cannot trace the model.*prune:skip"):
+        ctx = Context(task="multiclass", example_inputs=(torch.zeros(1, 4),))
+        get("prune").apply(PruneConfig(), Candidate(model=model), ctx)
+
+
+def test_sparsity_is_honest_about_speed():
+    model = tiny_mlp()
+    out = get("sparsify").apply(
+        SparsityConfig(ratio=0.8), Candidate(model=model), tiny_context("mlp", model)
+    )
+    total, _, nonzero = parameter_counts(out.model)
+    assert nonzero < 0.35 * total
+    assert not list(out.model.named_buffers())  # no masks left behind
+    assert "do not speed up" in out.steps[-1].notes[0]
+    facts = out.steps[-1].facts
+    assert facts["gzip_bytes_after"] < 0.6 * facts["gzip_bytes_before"]
+    assert (
+        profile(out.model, torch.zeros(1, 16), latency=False).macs
+        == profile(model, torch.zeros(1, 16), latency=False).macs
+    )
+
+
+def test_lowrank_approximates_the_layer():
+    model = tiny_mlp()
+    ctx = tiny_context("mlp", model)
+    full = get("lowrank").apply(LowRankConfig(rank_ratio=1.0), Candidate(model=model), ctx)
+    assert full.steps[-1].facts["layers_factorised"] == []  # full rank saves nothing
+    energy = get("lowrank").apply(LowRankConfig(energy=0.999), Candidate(model=model), ctx)
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        assert (
+            torch.allclose(model(x), energy.model(x), atol=0.05)
+            or energy.steps[-1].facts["layers_factorised"] == []
+        )
+
+
+def test_distill_width_builds_a_narrower_student_and_needs_training_data():
+    model = tiny_cnn()
+    ctx = tiny_context("cnn", model)
+    out = get("distill").apply(DistillConfig(epochs=1, width=0.5), Candidate(model=model), ctx)
+    assert parameter_counts(out.model)[0] < 0.4 * parameter_counts(model)[0]
+    no_train = Context(task="multiclass", example_inputs=ctx.example_inputs, teacher=model)
+    with pytest.raises(ConfigError, match="no teacher signal"):
+        get("distill").apply(DistillConfig(epochs=1), Candidate(model=model), no_train)
+
+
+def test_nothing_follows_quantize():
+    model = tiny_mlp()
+    final = Candidate(model=model, onnx=b"graph", runtime="onnxruntime")
+    with pytest.raises(TechniqueError, match="put quantize last"):
+        get("prune").apply(PruneConfig(), final, tiny_context("mlp", model))
