@@ -14,7 +14,7 @@ import pytest
 
 from fulcrum.cli import main
 from fulcrum.errors import ConfigError
-from fulcrum.search import SearchSettings
+from fulcrum.study import SearchSettings
 
 SLOW_DATA = textwrap.dedent(
     '''

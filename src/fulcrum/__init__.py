@@ -18,8 +18,10 @@ from fulcrum.errors import FulcrumError
 
 if TYPE_CHECKING:
     from fulcrum.compression import compress
+    from fulcrum.export import load
     from fulcrum.measure import Profile, profile
     from fulcrum.metrics import Evaluation, evaluate
+    from fulcrum.study import SearchSettings, search
     from fulcrum.techniques import Candidate
     from fulcrum.workloads import Workload
     from fulcrum.workloads import load as load_workload
@@ -33,6 +35,9 @@ _LAZY = {
     "load_workload": ("fulcrum.workloads", "load"),
     "compress": ("fulcrum.compression", "compress"),
     "Candidate": ("fulcrum.techniques", "Candidate"),
+    "search": ("fulcrum.study", "search"),
+    "SearchSettings": ("fulcrum.study", "SearchSettings"),
+    "load": ("fulcrum.export", "load"),
 }
 
 __all__ = [
@@ -40,12 +45,15 @@ __all__ = [
     "Evaluation",
     "FulcrumError",
     "Profile",
+    "SearchSettings",
     "Workload",
     "__version__",
     "compress",
     "evaluate",
+    "load",
     "load_workload",
     "profile",
+    "search",
 ]
 
 

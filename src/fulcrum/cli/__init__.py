@@ -11,7 +11,18 @@ from collections.abc import Sequence
 from fulcrum._version import __version__
 from fulcrum.errors import FulcrumError
 
-COMMANDS = ("workloads", "profile", "evaluate", "techniques", "compress", "search", "demo")
+COMMANDS = (
+    "workloads",
+    "profile",
+    "evaluate",
+    "techniques",
+    "compress",
+    "search",
+    "report",
+    "export",
+    "env",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

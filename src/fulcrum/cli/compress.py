@@ -206,9 +206,9 @@ def _initializers(proto: Any) -> list[Any]:
 
 
 def _source(workload: Any) -> str:
-    from fulcrum.workloads import BUILTINS
+    from fulcrum.workloads import source_of
 
-    return workload.name if workload.name in BUILTINS else str(workload.source)
+    return source_of(workload)
 
 
 def render(result: dict[str, Any]) -> None:

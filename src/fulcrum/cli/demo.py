@@ -1,7 +1,8 @@
-"""``fulcrum demo``: the embedded default run on the ``digits`` workload.
+"""``fulcrum demo``: the embedded default, end to end on the ``digits`` workload.
 
-Until the search exists it profiles and evaluates the digits baseline and writes both as JSON
-into a run folder.
+Profiles the baseline, searches recipes for the sweet spot within 1 point of its accuracy,
+writes the report and exports the sweet spot (ONNX and safetensors, verified), then prints a
+short summary and the path of report.html.
 """
 
 from __future__ import annotations
@@ -11,33 +12,60 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fulcrum.cli.common import write_json
-from fulcrum.cli.evaluate import evaluate_workload
+from fulcrum.cli.common import positive_int
 
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
-        "demo", help="the embedded default: profile and evaluate the digits workload"
+        "demo", help="the embedded default: search the digits workload end to end"
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="run folder (default: runs/digits-<time>)"
+        "--out", type=Path, default=None, help="run folder (default: runs/demo-<time>)"
+    )
+    parser.add_argument(
+        "--trials", type=positive_int, default=30, help="search trials (default: 30)"
     )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fulcrum import measure, metrics, workloads
+    from rich.console import Console
 
-    out = args.out or Path("runs") / time.strftime("digits-%Y%m%d-%H%M%S")
+    from fulcrum import measure, workloads
+    from fulcrum.cli.search import render
+    from fulcrum.compression import timestamp
+    from fulcrum.export import export
+    from fulcrum.report import write_report
+    from fulcrum.study import SearchSettings, search
+
+    start = time.perf_counter()
+    console = Console(stderr=True)
+    out = args.out or Path("runs") / f"demo-{timestamp()}"
     workload = workloads.load("digits")
-    result = measure.profile(workload.model, workload.example_inputs)
-    measure.render(result, max_rows=20)
-    evaluation = evaluate_workload(workload)
-    print(f"\n{workload.name}: {workload.task}, {evaluation.n_samples} validation samples")
-    metrics.render(evaluation)
-    write_json(out / "profile.json", {"workload": workload.name, "profile": result.to_dict()})
-    write_json(
-        out / "evaluation.json", {"workload": workload.name, "evaluation": evaluation.to_dict()}
+    console.print(f"[bold]1/4 profiling the digits baseline[/bold] ({workload.description})")
+    measure.render(measure.profile(workload.model, workload.example_inputs), max_rows=12)
+    console.print(
+        f"[bold]2/4 searching {args.trials} recipes[/bold] (within 1.0 pt of the baseline's accuracy)"
     )
-    print(f"\nwrote {out}/profile.json and {out}/evaluation.json")
-    return 0
+    settings = SearchSettings(trials=args.trials, max_drop=1.0)
+    result = search(
+        workload, settings, out, spec="digits", progress=lambda m: console.print(f"[dim]{m}[/dim]")
+    )
+    render(result)
+    console.print("[bold]3/4 writing the report[/bold]")
+    paths = write_report(out)
+    pick = result["pick"]["point"]
+    if pick is not None:
+        console.print("[bold]4/4 exporting the sweet spot[/bold] (verified against the model)")
+        for fmt in ("onnx", "safetensors"):
+            export(out, fmt=fmt, force=True)
+        paths = write_report(out)  # the card now records the export checks
+        base = result["baseline"]
+        print(
+            f"\nsweet spot: {pick['recipe'] or '(none)'}\n"
+            f"  accuracy {base['metric']:.4f} -> {pick['metric']:.4f} ({(pick['metric'] - base['metric']) * 100:+.2f} pt), "
+            f"{base['size_bytes'] / pick['size_bytes']:.1f}x smaller, "
+            f"{base['latency_ms'] / pick['latency_ms']:.2f}x faster at batch 1 on onnxruntime"
+        )
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; open {paths['report'].resolve()}")
+    return 0 if pick is not None else 1

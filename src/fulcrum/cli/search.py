@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fulcrum import workloads
     from fulcrum.compression import timestamp
-    from fulcrum.search import SearchSettings, search
+    from fulcrum.study import SearchSettings, search
 
     budgets = dict(args.budget)
     if len(budgets) != len(args.budget):
@@ -127,7 +127,11 @@ def run(args: argparse.Namespace) -> int:
         progress=lambda m: console.print(f"[dim]{m}[/dim]"),
     )
     render(result)
+    from fulcrum.report import write_report
+
+    paths = write_report(out)
     write_json(args.json, result)
+    print(f"report: {paths['report']}")
     print(
         f"\nwrote {out}/results.json"
         + (f" and {out}/sweetspot/" if result["pick"]["point"] else "")

@@ -1,11 +1,18 @@
-"""Quantization executed by ONNX Runtime: int8 static, int8 dynamic, and fp16 weights.
+"""Quantization: the model leaves PyTorch as an int8 (or fp16-weight) ONNX graph for ONNX Runtime.
 
-Settings follow what was measured fast on these machines (see DESIGN.md): static int8 as QDQ
-with *unsigned* activations and per-channel signed weights (ORT's default signed activations
-left most convolutions unfused and slower than fp32); dynamic int8 only for MatMul/Gemm
-(dynamic convolutions become ConvInteger, about 3x slower than fp32); never ``reduce_range``.
-fp16 stores weights in half precision and casts them back once at load: half the size, the
-same speed. The result is an ONNX graph: quantization is the last step of a recipe.
+Settings follow what was measured fast on these machines (AVX-512 VNNI, see DESIGN.md):
+
+- ``int8-static``: QDQ graph, *unsigned* activations and signed (per-channel) weights, calibrated on
+  the workload's calibration split. ORT's default signed activations left most of a ResNet-18's
+  convolutions unfused and slower than fp32; ``reduce_range`` only costs accuracy with VNNI.
+- ``int8-dynamic``: weights int8, activations quantized at run time, for MatMul/Gemm only (Linear
+  layers, transformers): dynamic convolutions become ConvInteger, about 3x *slower* than fp32.
+- ``fp16``: weights stored in half precision and cast back to fp32 on load: half the file, the
+  same fp32 compute (no faster on CPU).
+- ``int8-pt2e``: torchao's PyTorch-native path (``pt2e_quantize``). It works and is fast once
+  compiled, but a Candidate cannot carry a compiled module yet, so ``apply`` refuses it.
+
+The result is an ONNX graph, so quantize is the last step of a recipe.
 """
 
 from __future__ import annotations
@@ -16,15 +23,18 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import nn
 
-from fulcrum.errors import ConfigError, TechniqueError
+from fulcrum.errors import ConfigError, DataError, TechniqueError, require
 from fulcrum.runtimes import as_inputs, export_onnx, with_batch
 from fulcrum.techniques.base import (
     Candidate,
@@ -33,22 +43,25 @@ from fulcrum.techniques.base import (
     Technique,
     TechniqueConfig,
     Trial,
+    copy_model,
     find_modules,
     register,
 )
 
-MODES = ("int8-static", "int8-dynamic", "fp16")
+MODES = ("int8-static", "int8-dynamic", "fp16", "int8-pt2e")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
-WEIGHT_OPS = {
-    "Conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
-    "Gemm": (nn.Linear,),
-    "MatMul": (nn.Linear,),
-}
+# a 1-D float initializer this large is a weight (an embedding row, a norm scale), not a constant
+FP16_MIN_ELEMENTS = 1024
 
 
 @dataclass(frozen=True)
 class QuantizeConfig(TechniqueConfig):
-    """``mode``: int8-static (calibrated), int8-dynamic (Linear-heavy models) or fp16 weights."""
+    """``mode``: int8-static (calibrated; conv nets), int8-dynamic (Linear-heavy models), fp16
+    (weights only: half the file) or int8-pt2e (PyTorch-native; not a recipe step yet).
+
+    ``calibration`` and ``calib_batches`` apply to int8-static; ``skip`` names PyTorch layers
+    ("classifier.3") that stay in float.
+    """
 
     name: ClassVar[str] = "quantize"
     primary: ClassVar[str | None] = "mode"
@@ -58,209 +71,86 @@ class QuantizeConfig(TechniqueConfig):
     calib_batches: int = 8
     skip: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if isinstance(self.skip, list):  # from Python or TOML; a frozen config keeps a tuple
+            object.__setattr__(self, "skip", tuple(self.skip))
+        super().__post_init__()
+
     def validate(self) -> None:
         self.check_choice("mode", MODES)
         self.check_choice("calibration", CALIBRATIONS)
         self.check_range("calib_batches", 1, 10000)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """ONNX Runtime's quantizer logs and prints freely; keep the terminal for Fulcrum."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
-class _Batches:
-    """ORT's CalibrationDataReader over the first batches of the calibration split."""
-
-    def __init__(self, loader: Any, names: Sequence[str], limit: int) -> None:
-        self.feeds: list[dict[str, np.ndarray]] = []
-        for i, batch in enumerate(loader):
-            if i >= limit:
-                break
-            x = batch[0] if isinstance(batch, list | tuple) else batch
-            self.feeds.append(
-                {
-                    n: np.ascontiguousarray(t.numpy())
-                    for n, t in zip(names, as_inputs(x), strict=True)
-                }
-            )
-        self.position = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.position >= len(self.feeds):
-            return None
-        self.position += 1
-        return self.feeds[self.position - 1]
-
-    def rewind(self) -> None:
-        self.position = 0
-
-
-def _scopes(node: Any) -> list[str]:
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            with contextlib.suppress(ValueError, SyntaxError):
-                return [str(s) for s in ast.literal_eval(prop.value)]
-    return []
-
-
-def skipped_nodes(proto: Any, model: nn.Module, names: Sequence[str]) -> list[str]:
-    """ONNX node names that compute the PyTorch layers ``names`` (from the exporter's scopes)."""
-    modules = dict(model.named_modules())
-    found: list[str] = []
-    for name in names:
-        layer = modules[name]
-        ops = [op for op, kinds in WEIGHT_OPS.items() if isinstance(layer, kinds)]
-        inside = [
-            n
-            for n in proto.graph.node
-            if any(s == name or s.startswith(name + ".") for s in _scopes(n))
-        ]
-        if not inside and "." in name:  # a conv fused with its batch norm carries the norm's scope
-            parent = name.rpartition(".")[0]
-            inside = [n for n in proto.graph.node if parent in _scopes(n) and n.op_type in ops]
-        if not inside:
+        if not isinstance(self.calib_batches, int):
             raise ConfigError(
-                f"quantize:skip={name} matches no operation of the exported graph; skip a Conv or Linear layer."
+                f"The 'calib_batches' parameter of quantize must be a whole number of batches. "
+                f"Got {self.calib_batches!r} instead."
             )
-        found.extend(n.name for n in inside)
-    return found
-
-
-def _fp16(proto: Any) -> tuple[Any, int]:
-    """Store float32 weights as float16, each followed by a Cast back to float32."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    converted = 0
-    casts = []
-    for init in proto.graph.initializer:
-        if init.data_type != TensorProto.FLOAT or len(init.dims) < 2:
-            continue  # shapes, scalars and biases stay as they are
-        array = numpy_helper.to_array(init)
-        half = numpy_helper.from_array(array.astype(np.float16), init.name + "_fp16")
-        init.CopyFrom(half)
-        casts.append(
-            helper.make_node(
-                "Cast",
-                [init.name],
-                [init.name[: -len("_fp16")]],
-                to=TensorProto.FLOAT,
-                name=f"cast_{init.name}",
+        if not isinstance(self.skip, tuple) or not all(isinstance(s, str) for s in self.skip):
+            raise ConfigError(
+                "The 'skip' parameter of quantize must be a tuple of layer names, e.g. "
+                f"('classifier.3',). Got {self.skip!r} instead."
             )
-        )
-        converted += 1
-    for i, cast in enumerate(casts):
-        proto.graph.node.insert(i, cast)
-    return proto, converted
 
 
 def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    import onnx
-    from onnxruntime import quantization as q
-
     if candidate.final:
         raise TechniqueError(
-            "quantize is already applied: a recipe can quantize once, as its last step."
+            "quantize must be the last step of a recipe: this candidate is already quantized "
+            f"({candidate.runtime} graph); remove the second quantize, or put quantize last."
         )
-    if config.mode == "int8-static" and ctx.calib is None:
-        raise ConfigError(
-            "quantize:int8-static needs calibration data: the workload has no calib or train split; "
-            "add one, or use quantize:int8-dynamic."
+    if config.mode == "int8-pt2e":
+        raise TechniqueError(
+            "quantize:int8-pt2e cannot be a recipe step yet: its result is a compiled PyTorch "
+            "module, which a candidate cannot carry; use quantize:int8-static (ONNX Runtime), "
+            "measured as fast."
         )
     find_modules(candidate.model, config.skip)
+    if config.mode == "int8-static":
+        _check_calibration(ctx, config)
     start = time.perf_counter()
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="fulcrum-quant-") as tmp:
+    facts: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="fulcrum-quantize-") as tmp, _quiet():
         folder = Path(tmp)
-        source = export_onnx(
-            candidate.model, with_batch(ctx.example_inputs, 1), folder / "float.onnx"
+        exported = export_onnx(
+            copy_model(candidate.model),  # the exporter switches its model to eval mode
+            with_batch(ctx.example_inputs, 1),
+            folder / "float.onnx",
         )
-        float_proto = onnx.load(str(source))
-        exclude = skipped_nodes(float_proto, candidate.model, config.skip)
+        source = _preprocess(exported, folder / "prepared.onnx", notes)
+        graph = _load(source)
+        exclude = _skipped_nodes(graph, config.skip)
         if config.mode == "fp16":
-            proto, converted = _fp16(float_proto)
-            notes.append(
-                "fp16 weights halve the file; ONNX Runtime on CPU still computes in fp32, so it is not faster"
-            )
-            facts: dict[str, Any] = {"weights_fp16": converted}
+            result = _weights_to_fp16(graph, exclude, notes)
         else:
-            prepared = folder / "prepared.onnx"
-            try:
-                with _quiet():
-                    q.shape_inference.quant_pre_process(
-                        str(source), str(prepared), skip_symbolic_shape=True
-                    )
-            except Exception:
-                prepared = source  # pre-processing only helps; quantize the export as it is
-            output = folder / "int8.onnx"
-            names = [
-                i.name
-                for i in float_proto.graph.input
-                if i.name not in {t.name for t in float_proto.graph.initializer}
-            ]
-            with _quiet():
-                if config.mode == "int8-static":
-                    reader = _Batches(ctx.calib, names, config.calib_batches)
-                    if not reader.feeds:
-                        raise ConfigError(
-                            "quantize:int8-static: the calibration split has zero batches; give it data."
-                        )
-                    method = {
-                        "minmax": q.CalibrationMethod.MinMax,
-                        "entropy": q.CalibrationMethod.Entropy,
-                        "percentile": q.CalibrationMethod.Percentile,
-                    }[config.calibration]
-                    q.quantize_static(
-                        str(prepared),
-                        str(output),
-                        reader,
-                        quant_format=q.QuantFormat.QDQ,
-                        activation_type=q.QuantType.QUInt8,
-                        weight_type=q.QuantType.QInt8,
-                        per_channel=config.per_channel,
-                        reduce_range=False,
-                        calibrate_method=method,
-                        nodes_to_exclude=exclude,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-                    )
-                else:
-                    q.quantize_dynamic(
-                        str(prepared),
-                        str(output),
-                        weight_type=q.QuantType.QInt8,
-                        per_channel=config.per_channel,
-                        reduce_range=False,
-                        op_types_to_quantize=["MatMul", "Gemm"],
-                        nodes_to_exclude=exclude,
-                    )
-            proto = onnx.load(str(output))
-            ops = [n.op_type for n in proto.graph.node]
-            convs = sum(op == "Conv" for op in [n.op_type for n in float_proto.graph.node])
-            facts = {
-                "quantize_ops": ops.count("QuantizeLinear") + ops.count("DynamicQuantizeLinear"),
-                "dequantize_ops": ops.count("DequantizeLinear"),
-                "integer_ops": sum(
-                    op in ("MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul")
-                    for op in ops
-                ),
-            }
-            if config.mode == "int8-dynamic" and convs:
-                notes.append(
-                    f"{convs} convolutions left in float: dynamic int8 convolutions are slower than fp32 "
-                    "here; use int8-static for convolutional models"
-                )
-        if exclude:
-            notes.append(f"left in float: {', '.join(config.skip)}")
-        data = proto.SerializeToString()
-    facts["onnx_bytes"] = len(data)
+            result = _quantize_int8(config, graph, exclude, ctx, folder, notes, facts)
+        float_bytes = exported.stat().st_size + sum(
+            p.stat().st_size for p in folder.iterdir() if p.name.startswith("float.onnx.")
+        )
+    data = result.SerializeToString()
+    weighted = _weight_nodes(graph)
+    left = _weight_nodes(result)
+    if config.mode == "int8-dynamic":
+        convs = sum(op in ("Conv", "ConvTranspose") for op in left.values())
+        if convs:
+            notes.append(
+                f"{convs} convolution(s) left in float: ONNX Runtime's dynamic int8 convolution "
+                "(ConvInteger) is ~3x slower than fp32 here; use quantize:int8-static for conv layers"
+            )
+    if config.mode == "fp16":
+        notes.append(
+            "fp16 weights halve the artifact, but ONNX Runtime on CPU still computes in fp32: "
+            "not faster"
+        )
+    if exclude:
+        notes.append(f"left in float as asked: {', '.join(config.skip)}")
+    facts.update(
+        nodes_quantized=len(weighted) - len(left),
+        nodes_float=len(left),
+        float_ops=dict(Counter(left.values())),
+        onnx_bytes=len(data),
+        float_onnx_bytes=float_bytes,
+    )
     step = Step(
         config=config.to_dict(),
         seconds=round(time.perf_counter() - start, 3),
@@ -271,13 +161,311 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
 
 
 def space(trial: Trial) -> QuantizeConfig:
-    mode = trial.suggest_categorical("quantize.mode", list(MODES))
-    if mode == "int8-static":
-        return QuantizeConfig(
-            mode=mode,
-            calibration=trial.suggest_categorical("quantize.calibration", ["minmax", "percentile"]),
+    mode = trial.suggest_categorical("quantize.mode", ["int8-static", "int8-dynamic", "fp16"])
+    if mode == "fp16":
+        return QuantizeConfig(mode=mode)
+    calibration = (
+        trial.suggest_categorical("quantize.calibration", ["minmax", "percentile"])
+        if mode == "int8-static"
+        else "minmax"
+    )
+    per_channel = trial.suggest_categorical("quantize.per_channel", [True, False])
+    return QuantizeConfig(mode=mode, calibration=calibration, per_channel=per_channel)
+
+
+def pt2e_quantize(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    calib_batches: Iterable[tuple[torch.Tensor, ...]],
+) -> nn.Module:
+    """Static int8 in PyTorch: torchao pt2e with the x86 Inductor quantizer, then ``torch.compile``.
+
+    ``calib_batches`` yields model inputs as tuples. Compilation happens on the first call of each
+    batch size (seconds; uncompiled, the int8 graph is slower than fp32). Each process has a
+    recompile limit: call ``torch._dynamo.reset()`` between many models.
+    """
+    inputs = with_batch(example_inputs, 2)  # with 1, torch.export fixes the batch axis to 1
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with _quiet():  # torchao logs the optional kernels it cannot load on import
+        require("torchao", "torchao")
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+        exported = torch.export.export(
+            copy_model(model), inputs, dynamic_shapes=tuple({0: batch} for _ in inputs)
+        ).module()
+        quantizer = x86.X86InductorQuantizer()
+        quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            for batch_inputs in calib_batches:
+                prepared(*batch_inputs)
+        converted = convert_pt2e(prepared)
+    return _FrozenCompiled(converted)
+
+
+class _FrozenCompiled(nn.Module):
+    """``torch.compile`` with Inductor's freezing, which turns the int8 graph into oneDNN kernels.
+
+    Freezing must be on whenever a call compiles (``options={"freezing": True}`` fails on the
+    int8 weight pre-packing), so every call sets it. ``dynamic=False``: with a symbolic batch,
+    the fused int8 convolution fails a stride check at run time (torch 2.13, torchao 0.18); each
+    batch size compiles once instead.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.compiled = torch.compile(module, dynamic=False)
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        import torch._inductor.config
+
+        with torch._inductor.config.patch(freezing=True):
+            return self.compiled(*inputs)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ONNX Runtime's quantizer and the exporters log, warn and print freely; keep them quiet."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # the calibration sessions' C++ warnings
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(disabled)
+
+
+def _load(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def _preprocess(source: Path, target: Path, notes: list[str]) -> Path:
+    """ORT's recommended pre-processing (shape inference, graph clean-up); optional."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for symbolic in (True, False):
+        try:
+            quant_pre_process(str(source), str(target), skip_symbolic_shape=not symbolic)
+            return target
+        except Exception:  # pre-processing only helps; never a reason to fail
+            continue
+    notes.append("ONNX Runtime's pre-processing failed; the exported graph was quantized as is")
+    return source
+
+
+def _check_calibration(ctx: Context, config: QuantizeConfig) -> None:
+    message = (
+        f"quantize:{config.mode} needs calibration data: the workload has no calib/train split; "
+        "add one or use quantize:int8-dynamic"
+    )
+    if ctx.calib is None:
+        raise ConfigError(message + ".")
+    first = next(iter(ctx.calib), None)
+    if first is None:
+        raise ConfigError(message + " (its calibration split is empty).")
+    given, expected = len(_batch_inputs(first)), len(ctx.example_inputs)
+    if given != expected:
+        raise DataError(
+            f"quantize: calibration batches give {given} model input(s) but the example inputs "
+            f"have {expected}; calibration batches must be (inputs, target) like the val split."
         )
-    return QuantizeConfig(mode=mode)
+
+
+def _batch_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
+    """The model inputs of an ``(inputs, target)`` batch; inputs is a tensor or a tuple."""
+    if isinstance(batch, list | tuple) and len(batch) > 1:
+        batch = batch[0]
+    return as_inputs(batch)
+
+
+class _CalibrationReader:
+    """ONNX Runtime's CalibrationDataReader over the first ``limit`` calibration batches."""
+
+    def __init__(self, batches: Iterable[Any], graph: Any, limit: int) -> None:
+        from onnx import helper
+
+        initializers = {t.name for t in graph.graph.initializer}
+        self.inputs = [
+            (i.name, helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+            for i in graph.graph.input
+            if i.name not in initializers
+        ]
+        self.batches, self.limit, self.count = batches, limit, 0
+        self.iterator: Iterator[Any] | None = None
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.iterator is None:
+            self.iterator = iter(self.batches)
+        batch = next(self.iterator, None) if self.count < self.limit else None
+        if batch is None:
+            return None
+        self.count += 1
+        tensors = _batch_inputs(batch)
+        return {
+            name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=dtype)
+            for (name, dtype), x in zip(self.inputs, tensors, strict=True)
+        }
+
+    def rewind(self) -> None:
+        self.iterator, self.count = None, 0
+
+
+def _quantize_int8(
+    config: QuantizeConfig,
+    graph: Any,
+    exclude: list[str],
+    ctx: Context,
+    folder: Path,
+    notes: list[str],
+    facts: dict[str, Any],
+) -> Any:
+    import onnx
+    from onnxruntime import quantization as q
+
+    source, target = folder / "to_quantize.onnx", folder / "int8.onnx"
+    onnx.save(graph, str(source))
+    if config.mode == "int8-dynamic":
+        # the dynamic quantizer rewrites each Gemm into a MatMul named "<gemm>_MatMul" first
+        gemms = {n.name for n in graph.graph.node if n.op_type == "Gemm"}
+        exclude = [*exclude, *(f"{name}_MatMul" for name in exclude if name in gemms)]
+        q.quantize_dynamic(
+            str(source),
+            str(target),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=config.per_channel,
+            reduce_range=False,
+            weight_type=q.QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        return _load(target)
+    reader = _CalibrationReader(ctx.calib, graph, config.calib_batches)
+    method = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[config.calibration]
+    q.quantize_static(
+        str(source),
+        str(target),
+        reader,
+        quant_format=q.QuantFormat.QDQ,
+        activation_type=q.QuantType.QUInt8,
+        weight_type=q.QuantType.QInt8,
+        per_channel=config.per_channel,
+        reduce_range=False,
+        calibrate_method=method,
+        nodes_to_exclude=exclude,
+        # bounds calibration memory (MinMax only; the result is the same)
+        extra_options={"CalibMaxIntermediateOutputs": 16},
+    )
+    facts["calib_batches"] = reader.count
+    if reader.count < config.calib_batches:
+        notes.append(
+            f"calibrated on all {reader.count} batch(es) of the calibration split "
+            f"(calib_batches={config.calib_batches})"
+        )
+    return _load(target)
+
+
+def _module_scopes(node: Any) -> list[str]:
+    """The qualified names of the PyTorch modules a node was exported from, outermost first."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":  # the dynamo exporter: [..., op name]
+            with contextlib.suppress(ValueError, SyntaxError):
+                return [str(s) for s in ast.literal_eval(prop.value)[:-1]]
+    return node.name.split("/")[1:-1]  # the TorchScript exporter: "/features/features.0/Conv"
+
+
+def _skipped_nodes(graph: Any, names: Sequence[str]) -> list[str]:
+    """ONNX node names that compute the PyTorch layers ``names``.
+
+    A node belongs to a layer when the layer is in its module scopes, or when it reads one of the
+    layer's parameters: a convolution fused with its batch norm carries the norm's scope but
+    keeps the convolution's weight name.
+    """
+    initializers = {t.name for t in graph.graph.initializer}
+    found: list[str] = []
+    for name in names:
+        prefix = name + "."
+        nodes = [
+            n.name
+            for n in graph.graph.node
+            if name in _module_scopes(n)
+            or any(i in initializers and i.startswith(prefix) for i in n.input)
+        ]
+        if not nodes:
+            raise ConfigError(
+                f"quantize: skip layer {name!r} has no operation of its own in the exported graph "
+                "(it has no weights or was fused away); skip its Conv or Linear layer instead."
+            )
+        found.extend(n for n in nodes if n not in found)
+    return found
+
+
+def _weight_nodes(graph: Any) -> dict[str, str]:
+    """Nodes (name -> op type) that read a float32 weight (an initializer of 2 or more dims)."""
+    from onnx import TensorProto
+
+    weights = {
+        t.name
+        for t in graph.graph.initializer
+        if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2
+    }
+    return {n.name: n.op_type for n in graph.graph.node if any(i in weights for i in n.input)}
+
+
+def _weights_to_fp16(graph: Any, exclude: Sequence[str], notes: list[str]) -> Any:
+    """float32 weights stored as float16, each cast back to float32 in front of its users.
+
+    The graph's inputs, outputs and every op stay float32. Shape constants, small vectors, the
+    weights of skipped nodes and weights beyond float16's range are left as they are.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    result = onnx.ModelProto()
+    result.CopyFrom(graph)
+    keep = {i for n in result.graph.node if n.name in exclude for i in n.input}
+    keep |= {i.name for i in result.graph.input}
+    limit = float(np.finfo(np.float16).max)
+    casts, out_of_range = [], []
+    for init in result.graph.initializer:
+        elements = int(np.prod(init.dims))
+        if (
+            init.data_type != TensorProto.FLOAT
+            or init.name in keep
+            or (len(init.dims) < 2 and elements < FP16_MIN_ELEMENTS)
+        ):
+            continue
+        array = numpy_helper.to_array(init)
+        if array.size and float(np.abs(array).max()) > limit:
+            out_of_range.append(init.name)
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(array.astype(np.float16), f"{name}__fp16"))
+        casts.append(
+            helper.make_node(
+                "Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__to_fp32"
+            )
+        )
+    if out_of_range:
+        notes.append(f"kept in fp32 (values beyond fp16's range): {', '.join(out_of_range)}")
+    nodes = [*casts, *result.graph.node]
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    return result
 
 
 TECHNIQUE = register(
@@ -286,7 +474,7 @@ TECHNIQUE = register(
         config=QuantizeConfig,
         apply=apply,
         space=space,
-        summary="int8 static/dynamic and fp16 weights, executed by ONNX Runtime (last step of a recipe)",
+        summary="int8 (static QDQ / dynamic) or fp16 weights as an ONNX graph for ONNX Runtime; last step",
         speeds_up="onnxruntime",
         reduces="artifact",
         invalid={"mode": "int4"},

@@ -8,7 +8,7 @@ from pathlib import Path
 from fulcrum.errors import WorkloadError, suggest
 from fulcrum.workloads.base import Workload, cache_dir
 
-__all__ = ["BUILTINS", "Workload", "cache_dir", "describe", "load"]
+__all__ = ["BUILTINS", "Workload", "cache_dir", "describe", "load", "source_of"]
 
 
 def _digits() -> Workload:
@@ -54,3 +54,10 @@ def load(
         f"unknown workload {spec!r}: give a built-in name ({', '.join(BUILTINS)}), a .toml file or an "
         f".onnx file.{suggest(spec, BUILTINS)}"
     )
+
+
+def source_of(workload: Workload) -> str:
+    """How to load ``workload`` again from anywhere: its built-in name or its file's full path."""
+    if workload.name in BUILTINS and workload.source.endswith(".safetensors"):
+        return workload.name
+    return str(Path(workload.source).resolve()) if workload.source else workload.name

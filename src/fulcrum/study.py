@@ -138,7 +138,8 @@ def storage_for(url: str) -> Any:
     """An Optuna RDB storage with heartbeats and retry of trials whose process died."""
     import optuna
 
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
     try:
         return optuna.storages.RDBStorage(
             url,
@@ -171,15 +172,11 @@ def open_study(
 ) -> Any:
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = {
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(
-            seed=settings.seed, population_size=10, constraints_func=constraints_of
-        ),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=10),
         "tpe": lambda: optuna.samplers.TPESampler(
-            seed=settings.seed,
-            constraints_func=constraints_of,
-            multivariate=True,
-            n_startup_trials=10,
+            seed=settings.seed, multivariate=True, n_startup_trials=10
         ),
         "random": lambda: optuna.samplers.RandomSampler(seed=settings.seed),
     }[settings.sampler]()
@@ -200,11 +197,6 @@ def open_study(
     if saved is None:
         study.set_user_attr("objectives", list(direction_names))
     return study
-
-
-def constraints_of(trial: Any) -> Sequence[float]:
-    """Optuna's constraint values: <= 0 is feasible (drop and budgets, stored by the objective)."""
-    return list(trial.user_attrs.get("constraints", [1.0]))
 
 
 # -- one process's work -------------------------------------------------------------------------
@@ -365,26 +357,30 @@ class Trialist:
         for key, value in values.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("metrics", evaluation.metrics)
+        trial.set_user_attr("notes", [n for s in candidate.steps for n in s.notes])
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
-        trial.set_user_attr("constraints", violations(values, self.reference["metric"], settings))
+        over = violations(values, self.reference["metric"], settings)
+        for key, value in over.items():  # Optuna's constraints: <= 0 is feasible
+            trial.set_constraint(key, value)
+        trial.set_user_attr("constraints", list(over.values()) or [0.0])
         return [values[o] for o in settings.objectives]
 
 
 def violations(
     values: dict[str, float], baseline_metric: float, settings: SearchSettings
-) -> list[float]:
+) -> dict[str, float]:
     """Per-constraint amounts over the limit (<= 0 when met): the drop, then each budget."""
-    out = []
+    out = {}
     if settings.max_drop is not None:
         allowed = (
             baseline_metric * settings.max_drop / 100
             if settings.relative
             else settings.max_drop / 100
         )
-        out.append(round(baseline_metric - values["metric"] - allowed, 6))
+        out["drop"] = round(baseline_metric - values["metric"] - allowed, 6)
     for key, limit in settings.limits().items():
-        out.append(round((values[key] - limit) / limit, 6))
-    return out or [0.0]
+        out[key] = round((values[key] - limit) / limit, 6)
+    return out
 
 
 @contextlib.contextmanager
@@ -495,6 +491,7 @@ def search(
     import torch
 
     from fulcrum.runtimes import default_threads
+    from fulcrum.workloads import source_of
 
     if not isinstance(workload.model, torch.nn.Module):
         raise ConfigError(
@@ -522,7 +519,7 @@ def search(
             "macs": trialist.base.macs,
             "params": trialist.base.params,
             "metrics": trialist.base.metrics,
-            "workload_source": spec or workload.source or workload.name,
+            "workload_source": source_of(workload),
             "settings": {k: v for k, v in asdict(settings).items() if k not in ("workers",)},
         }
         study.set_user_attr("baseline", reference)

@@ -1,0 +1,191 @@
+"""The sweet-spot search on `digits`, against three references measured in the same run.
+
+40 trials on two cores (target: under 10 minutes), then the sweet spot and three references
+are timed side by side with the baseline, interleaved in one process, on ONNX Runtime at batch 1:
+- the best single-technique recipe (each technique alone, picked by the same policy);
+- ONNX Runtime's own default static int8 quantization of the baseline (no Fulcrum settings);
+- uniform 50% pruning with fine-tuning.
+Prints a table and writes JSON to benchmarks/results/.
+
+    .venv/bin/python benchmarks/search.py [--trials 40] [--max-drop 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fulcrum import measure
+from fulcrum.compression import compress, onnx_bytes
+from fulcrum.metrics import evaluate
+from fulcrum.runtimes import OnnxModel, default_threads
+from fulcrum.study import SearchSettings, search
+from fulcrum.techniques import Candidate
+from fulcrum.workloads import load
+
+SINGLE = [
+    "quantize:int8-static",
+    "quantize:int8-dynamic",
+    "quantize:fp16",
+    "prune:0.3",
+    "prune:0.5",
+    "lowrank:0.25",
+    "sparsify:0.5",
+]
+
+
+def ort_default_int8(model_bytes: bytes, calib: Any) -> bytes:
+    """ONNX Runtime's quantize_static with its defaults, as a user would call it first."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": x.numpy()} for i, (x, _) in enumerate(calib) if i < 8])
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        src.write_bytes(model_bytes)
+        quantize_static(str(src), str(dst), Reader())
+        return onnx.load(str(dst)).SerializeToString()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    threads = default_threads()
+    workload = load("digits")
+    run_dir = Path(tempfile.mkdtemp(prefix="fulcrum-bench-search-"))
+    settings = SearchSettings(trials=args.trials, max_drop=args.max_drop)
+    start = time.perf_counter()
+    result = search(
+        workload, settings, run_dir, spec="digits", progress=lambda m: print(m, flush=True)
+    )
+    wall = time.perf_counter() - start
+    base_metric = result["baseline"]["metric"]
+
+    # the references, built and evaluated here
+    base_bytes = onnx_bytes(Candidate(model=workload.model), workload.example_inputs)
+    models: dict[str, bytes] = {"baseline": base_bytes}
+    recipes: dict[str, str] = {"baseline": "(none)"}
+    singles = {}
+    for text in SINGLE:
+        candidate = compress(workload.model, text, workload)
+        data = onnx_bytes(candidate, workload.example_inputs)
+        singles[text] = data
+    models["ort-default-int8"] = ort_default_int8(base_bytes, workload.calib)
+    recipes["ort-default-int8"] = "onnxruntime.quantization.quantize_static(defaults)"
+    pruned = compress(workload.model, "prune:0.5 > finetune:epochs=10", workload)
+    models["prune50+finetune"] = onnx_bytes(pruned, workload.example_inputs)
+    recipes["prune50+finetune"] = "prune:0.5 > finetune:epochs=10"
+    if result["pick"]["point"]:
+        models["sweet spot"] = (run_dir / "sweetspot" / "model.onnx").read_bytes()
+        recipes["sweet spot"] = result["pick"]["point"]["recipe"]
+
+    def metric_of(data: bytes) -> float:
+        return float(
+            evaluate(OnnxModel(data, threads), workload.val, workload.task).metrics["accuracy"]
+        )
+
+    floor = base_metric - args.max_drop / 100
+    scored = {k: metric_of(v) for k, v in singles.items()}
+    timings = measure.compare_latency(
+        {k: OnnxModel(v, threads) for k, v in singles.items()}
+        | {"baseline": OnnxModel(base_bytes, threads)},
+        workload.example_inputs,
+        batch_sizes=(1,),
+        threads=threads,
+        seconds=args.seconds,
+    )
+    feasible = [k for k in singles if scored[k] >= floor - 1e-9]
+    best = (
+        min(feasible, key=lambda k: timings[(k, 1)].median_ms)
+        if feasible
+        else max(scored, key=scored.get)
+    )
+    models["best single technique"] = singles[best]
+    recipes["best single technique"] = best
+
+    times = measure.compare_latency(
+        {k: OnnxModel(v, threads) for k, v in models.items()},
+        workload.example_inputs,
+        batch_sizes=(1, 32),
+        threads=threads,
+        seconds=args.seconds,
+    )
+    rows = []
+    for name, data in models.items():
+        metric = metric_of(data)
+        rows.append(
+            {
+                "model": name,
+                "recipe": recipes[name],
+                "accuracy": round(metric, 4),
+                "drop_pt": round((base_metric - metric) * 100, 2),
+                "within_budget": metric >= floor - 1e-9,
+                "onnx_bytes": len(data),
+                "size_ratio": round(len(base_bytes) / len(data), 2),
+                "latency_b1_ms": times[(name, 1)].median_ms,
+                "latency_b32_ms": times[(name, 32)].median_ms,
+                "speedup_b1": round(
+                    times[("baseline", 1)].median_ms / times[(name, 1)].median_ms, 2
+                ),
+                "speedup_b32": round(
+                    times[("baseline", 32)].median_ms / times[(name, 32)].median_ms, 2
+                ),
+            }
+        )
+        r = rows[-1]
+        print(
+            f"{name:<22} acc {r['accuracy']:.4f} ({-r['drop_pt']:+.2f} pt) size x{r['size_ratio']:<5} "
+            f"b1 {r['latency_b1_ms']:.3f} ms (x{r['speedup_b1']}) b32 {r['latency_b32_ms']:.3f} ms "
+            f"(x{r['speedup_b32']})  {r['recipe']}"
+        )
+    sweet = next((r for r in rows if r["model"] == "sweet spot"), None)
+    verdicts = {}
+    for r in rows:
+        if sweet is None or r["model"] in ("baseline", "sweet spot"):
+            continue
+        verdicts[r["model"]] = bool(
+            sweet["within_budget"]
+            and (not r["within_budget"] or sweet["accuracy"] >= r["accuracy"] - args.max_drop / 100)
+            and (
+                sweet["latency_b1_ms"] < r["latency_b1_ms"] or sweet["onnx_bytes"] < r["onnx_bytes"]
+            )
+        )
+    states = [t["state"] for t in result["trials"]]
+    payload = {
+        "benchmark": "search",
+        "workload": "digits",
+        "trials": args.trials,
+        "wall_seconds": round(wall, 1),
+        "states": {s: states.count(s) for s in set(states)},
+        "max_drop_pt": args.max_drop,
+        "pick": result["pick"],
+        "rows": rows,
+        "sweet_spot_beats": verdicts,
+        "environment": result["environment"],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    print(f"search wall time {wall:.0f} s for {args.trials} trials; sweet spot beats: {verdicts}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "search-digits.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

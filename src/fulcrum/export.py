@@ -1,0 +1,224 @@
+"""Verified export: write a candidate as ONNX, safetensors or a torch.export program, and check it.
+
+Every export is reloaded from disk and run on validation inputs next to the in-memory model it
+came from; the largest absolute and relative differences are recorded, and an export beyond the
+tolerance is refused. Each exported file's SHA-256 is written beside it, so that ``load`` refuses
+a file changed after export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fulcrum.errors import CheckpointError, ConfigError, FulcrumError, OnnxError
+
+FORMATS = ("onnx", "safetensors", "pt2")
+# float32 graphs agree to rounding; ONNX Runtime fuses and reorders, so allow a little more
+TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
+
+
+def candidate_folder(run_dir: Path, trial: int | None = None) -> Path:
+    """The folder holding the candidate to export: a trial, the sweet spot, or a compress run."""
+    if not (run_dir / "results.json").is_file():
+        raise ConfigError(
+            f"{run_dir} is not a Fulcrum run folder (no results.json); give the folder a "
+            "`fulcrum search` or `fulcrum compress` wrote."
+        )
+    if trial is not None:
+        folder = run_dir / "trials" / str(trial)
+        if not (folder / "model.json").is_file():
+            done = (
+                sorted(int(p.name) for p in (run_dir / "trials").glob("*") if p.name.isdigit())
+                if (run_dir / "trials").is_dir()
+                else []
+            )
+            raise ConfigError(
+                f"trial {trial} has no saved model in {run_dir}; trials with models: "
+                f"{', '.join(map(str, done)) or 'none'}."
+            )
+        return folder
+    for folder in (run_dir / "sweetspot", run_dir):
+        if (folder / "model.json").is_file():
+            return folder
+    raise ConfigError(
+        f"{run_dir} has no sweet spot to export (the search found none within budget); "
+        "choose one with --trial N."
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def validation_inputs(workload: Any, limit: int = 256) -> tuple[torch.Tensor, ...]:
+    """Up to ``limit`` samples of the validation split (example inputs if there is none)."""
+    from fulcrum.runtimes import as_inputs
+
+    if workload.val is None:
+        return tuple(workload.example_inputs)
+    parts: list[tuple[torch.Tensor, ...]] = []
+    count = 0
+    for batch in workload.val:
+        x = as_inputs(batch[0] if isinstance(batch, list | tuple) else batch)
+        parts.append(x)
+        count += len(x[0])
+        if count >= limit:
+            break
+    return tuple(torch.cat([p[i] for p in parts])[:limit] for i in range(len(parts[0])))
+
+
+def difference(reference: torch.Tensor, exported: torch.Tensor) -> dict[str, float]:
+    ref, out = reference.detach().double(), exported.detach().double()
+    if ref.shape != out.shape:
+        raise OnnxError(
+            f"the export returns shape {list(out.shape)}, the model {list(ref.shape)}: it is not the same model."
+        )
+    diff = (ref - out).abs()
+    return {
+        "max_abs": float(diff.max()),
+        "max_rel": float((diff / ref.abs().clamp_min(1e-6)).max()),
+    }
+
+
+def export(
+    run_dir: Path,
+    *,
+    fmt: str = "onnx",
+    trial: int | None = None,
+    out: Path | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export a run's sweet spot (or ``trial``) as ``fmt`` into ``out`` and verify it."""
+    from fulcrum.compression import rebuild
+    from fulcrum.runtimes import OnnxModel, output_tensor
+    from fulcrum.workloads import load as load_workload
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
+    source = candidate_folder(run_dir, trial)
+    manifest = json.loads((source / "model.json").read_text())
+    out = out or run_dir / "export" / fmt
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(
+            f"{out} already holds files; pass --force to overwrite them, or choose --out."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"export path {str(out)!r} is not writable ({exc.strerror}); choose another --out."
+        ) from None
+    workload = load_workload(manifest["workload"])
+    if not isinstance(workload.model, nn.Module):
+        raise ConfigError(
+            f"workload {manifest['workload']!r} is not a PyTorch model; nothing to rebuild."
+        )
+    model = rebuild(workload.model, source)
+    inputs = validation_inputs(workload)
+    with torch.no_grad():
+        float_out = output_tensor(model(*inputs))
+    quantized = manifest.get("runtime") == "onnxruntime"
+    deployed = OnnxModel((source / "model.onnx").read_bytes(), threads=1)
+    reference = deployed(*inputs) if quantized else float_out
+    files: list[Path] = []
+    if fmt == "onnx":
+        target = out / "model.onnx"
+        shutil.copyfile(source / "model.onnx", target)
+        exported = OnnxModel(target, threads=1)(*inputs)
+        files.append(target)
+    elif fmt == "safetensors":
+        for name in ("model.safetensors", "model.json"):
+            shutil.copyfile(source / name, out / name)
+        with torch.no_grad():
+            exported = output_tensor(rebuild(workload.model, out)(*inputs))
+        reference = float_out  # the PyTorch weights: the model before any int8 conversion
+        files += [out / "model.safetensors", out / "model.json"]
+    else:
+        from fulcrum.runtimes import with_batch
+
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        program = torch.export.export(
+            model, with_batch(inputs, 2), dynamic_shapes=tuple({0: batch} for _ in inputs)
+        )
+        target = out / "model.pt2"
+        torch.export.save(program, str(target))
+        with torch.no_grad():
+            exported = output_tensor(torch.export.load(str(target)).module()(*inputs))
+        reference = float_out
+        files.append(target)
+    parity = difference(reference, exported)
+    parity["samples"] = len(inputs[0])
+    if quantized:
+        parity["int8_vs_float_max_abs"] = difference(float_out, deployed(*inputs))["max_abs"]
+    limit = TOLERANCE["atol"] + TOLERANCE["rtol"] * float(reference.abs().max())
+    if parity["max_abs"] > limit:
+        for f in files:
+            f.unlink(missing_ok=True)
+        raise OnnxError(
+            f"the {fmt} export differs from the model by {parity['max_abs']:.3g} (tolerance {limit:.3g}) "
+            "on validation inputs; it was not written. Report this with `fulcrum env`."
+        )
+    checksums = {f.name: sha256(f) for f in files}
+    (out / "SHA256SUMS.json").write_text(json.dumps(checksums, indent=2) + "\n")
+    record = {
+        "format": fmt,
+        "source": str(source),
+        "out": str(out),
+        "files": sorted(checksums),
+        "parity": parity,
+        "tolerance": TOLERANCE,
+        "runtime": manifest.get("runtime", "torch"),
+    }
+    (out / "export.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def load(path: Path | str) -> nn.Module:
+    """A safetensors export (or candidate folder) as a PyTorch model, pruned shapes included.
+
+    The folder's files are checked against the checksums written at export; the architecture
+    is rebuilt from the workload named in ``model.json`` and resized to the saved tensors.
+    """
+    from fulcrum.compression import rebuild
+    from fulcrum.workloads import load as load_workload
+
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    for name in ("model.safetensors", "model.json"):
+        if not (folder / name).is_file():
+            raise CheckpointError(
+                f"{folder} has no {name}; give a folder written by `fulcrum export --format safetensors`."
+            )
+    sums = folder / "SHA256SUMS.json"
+    if sums.is_file():
+        for name, digest in json.loads(sums.read_text()).items():
+            if (folder / name).is_file() and sha256(folder / name) != digest:
+                raise CheckpointError(
+                    f"{folder / name} was changed after it was exported (checksum mismatch); export it again."
+                )
+    manifest = json.loads((folder / "model.json").read_text())
+    original = load_workload(manifest["workload"]).model
+    if not isinstance(original, nn.Module):
+        raise CheckpointError(
+            f"{folder} was exported from an ONNX workload: load its model.onnx instead."
+        )
+    try:
+        return rebuild(original, folder)
+    except FulcrumError:
+        raise
+    except Exception as exc:  # safetensors and torch raise assorted types for damaged files
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{folder / 'model.safetensors'} cannot be loaded ({first}); export it again."
+        ) from None

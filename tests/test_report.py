@@ -1,0 +1,148 @@
+"""The report renders in a real browser; exports are verified and tampering is refused."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from fulcrum.cli import main
+from fulcrum.errors import CheckpointError, ConfigError
+from fulcrum.export import export, load
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A small finished search on the test user workload, shared by the tests of this file."""
+    from tests_support import write_user_workload
+
+    folder = tmp_path_factory.mktemp("report")
+    toml = write_user_workload(folder)
+    code = main(
+        [
+            "search",
+            str(toml),
+            "--out",
+            str(folder / "run"),
+            "--trials",
+            "6",
+            "--sampler",
+            "random",
+            "--seed",
+            "3",
+            "--trial-seconds",
+            "0.02",
+            "--max-drop",
+            "100",
+            "--threads",
+            "1",
+        ]
+    )
+    assert code == 0
+    return folder / "run"
+
+
+def test_report_files_are_written(run_dir):
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / "report.html").read_text()
+    assert (
+        "<script src" not in html and "Plotly.newPlot" in html
+    )  # self-contained: the library is inline
+    assert (run_dir / "pareto.png").stat().st_size > 10_000
+    card = (run_dir / "card.md").read_text()
+    assert "## What was done" in card and "## Limits" in card
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)"
+)
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    main(["report", str(run_dir)])
+    url = (run_dir / "report.html").resolve().as_uri()
+    base = [
+        "chromium",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--virtual-time-budget=8000",
+    ]
+    dom = subprocess.run(
+        [*base, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert 'data-rendered="charts"' in dom, "the chart script did not finish"
+    html_tag = dom[dom.find("<html") : dom.find(">", dom.find("<html")) + 1]
+    assert "data-js-errors" not in html_tag, html_tag
+    assert dom.count('class="main-svg"') >= 4  # both Pareto charts were drawn by Plotly
+    assert "sweet spot" in dom and 'id="trials"' in dom
+    shot = run_dir / "report.png"
+    subprocess.run(
+        [*base, "--window-size=1280,2400", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.stat().st_size > 50_000
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "results.json is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "safetensors", "pt2"])
+def test_exports_match_the_model(run_dir, tmp_path, fmt):
+    record = export(run_dir, fmt=fmt, out=tmp_path / fmt)
+    assert record["parity"]["max_abs"] <= 1e-4 and record["parity"]["samples"] > 0
+    assert json.loads((tmp_path / fmt / "SHA256SUMS.json").read_text())
+
+
+def test_export_of_every_kind_of_trial(run_dir, tmp_path):
+    """fp32, pruned and int8 trials all export within tolerance (the search's seed covers them)."""
+    result = json.loads((run_dir / "results.json").read_text())
+    kinds = {}
+    for t in result["trials"]:
+        if t["state"] == "COMPLETE":
+            recipe = t["recipe"]
+            kind = (
+                "int8"
+                if "int8" in recipe
+                else "pruned"
+                if "prune" in recipe
+                else "fp32"
+                if not recipe
+                else None
+            )
+            if kind:
+                kinds.setdefault(kind, t["number"])
+    assert kinds, "the test search produced none of fp32, pruned, int8"
+    for kind, number in kinds.items():
+        record = export(run_dir, fmt="onnx", trial=number, out=tmp_path / kind)
+        assert record["parity"]["max_abs"] <= 1e-4, kind
+
+
+def test_safetensors_export_reloads_and_refuses_tampering(run_dir, tmp_path):
+    export(run_dir, fmt="safetensors", out=tmp_path / "st")
+    model = load(tmp_path / "st")
+    assert isinstance(model, torch.nn.Module)
+    data = (tmp_path / "st" / "model.safetensors").read_bytes()
+    (tmp_path / "st" / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="changed after it was exported"):
+        load(tmp_path / "st")
+    (tmp_path / "st" / "SHA256SUMS.json").unlink()  # no checksums: the file itself must fail
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        load(tmp_path / "st")
+
+
+def test_export_errors_keep_the_run_folder(run_dir, tmp_path, capsys):
+    before = sorted(p.name for p in run_dir.iterdir())
+    assert main(["export", str(run_dir), "--trial", "999"]) == 2
+    assert "trial 999 has no saved model" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--out", "/proc/nope"]) == 2
+    assert "not writable" in capsys.readouterr().err
+    export(run_dir, fmt="onnx", out=tmp_path / "once")
+    with pytest.raises(ConfigError, match="--force"):
+        export(run_dir, fmt="onnx", out=tmp_path / "once")
+    export(run_dir, fmt="onnx", out=tmp_path / "once", force=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == before
