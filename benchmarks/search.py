@@ -63,12 +63,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--max-drop", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     threads = default_threads()
     workload = load("digits")
     run_dir = Path(tempfile.mkdtemp(prefix="fulcrum-bench-search-"))
-    settings = SearchSettings(trials=args.trials, max_drop=args.max_drop)
+    settings = SearchSettings(trials=args.trials, max_drop=args.max_drop, sampler=args.sampler)
     start = time.perf_counter()
     result = search(
         workload, settings, run_dir, spec="digits", progress=lambda m: print(m, flush=True)
@@ -170,6 +171,7 @@ def main() -> None:
         "benchmark": "search",
         "workload": "digits",
         "trials": args.trials,
+        "sampler": args.sampler,
         "wall_seconds": round(wall, 1),
         "states": {s: states.count(s) for s in set(states)},
         "max_drop_pt": args.max_drop,
@@ -181,7 +183,7 @@ def main() -> None:
     }
     print(f"search wall time {wall:.0f} s for {args.trials} trials; sweet spot beats: {verdicts}")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "search-digits.json"
+    path = args.out / f"search-digits-{args.sampler}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fulcrum.compression import parse_recipe
+from fulcrum.compression import onnx_bytes, parse_recipe
 from fulcrum.errors import ConfigError, TechniqueError
-from fulcrum.runtimes import OnnxModel, onnx_artifact
+from fulcrum.runtimes import OnnxModel
 from fulcrum.techniques.base import Candidate, Context
 from fulcrum.techniques.quantize import TECHNIQUE, QuantizeConfig, apply, space
 from fulcrum.testing import check_technique
@@ -90,7 +90,7 @@ def compare(model: nn.Module, data: bytes, shape: tuple[int, ...]) -> tuple[floa
 
 
 def float_bytes(model: nn.Module, shape: tuple[int, ...]) -> int:
-    return len(onnx_artifact(model, (torch.zeros(1, *shape),))[0])
+    return len(onnx_bytes(Candidate(model=model), (torch.zeros(1, *shape),)))
 
 
 def weight_is_dequantized(graph: onnx.GraphProto, weight: str) -> bool:

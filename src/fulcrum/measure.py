@@ -13,7 +13,6 @@ import contextlib
 import copy
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -645,10 +644,6 @@ def render(p: Profile, console: Any = None, max_rows: int = 40) -> None:
                 f"{lat.throughput_per_s:,.0f}",
             )
         console.print(table)
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
 
 
 def compare_latency(

@@ -317,3 +317,31 @@ def evaluate(
     values = dict(extra) if isinstance(extra, Mapping) else {name: extra}
     merged = {**result.metrics, **{k: _num(v) for k, v in values.items()}}
     return replace(result, metrics=merged)
+
+
+def evaluate_workload(
+    workload: Any, model: Any = None, *, threshold: float = 0.5, threads: int | None = None
+) -> Evaluation:
+    """Score ``model`` (default: the workload's own) on the workload's validation split.
+
+    An embedding task without a reference model is judged against the workload's original
+    model: fidelity to what was there before compression.
+    """
+    if workload.val is None:
+        raise ConfigError(
+            f"workload {workload.name!r} has no validation data; describe it in a TOML file with "
+            "onnx = '...' and data = '...' (see the README) to evaluate it."
+        )
+    reference = workload.reference
+    if reference is None and workload.task == "embedding":
+        reference = workload.model
+    return evaluate(
+        workload.model if model is None else model,
+        workload.val,
+        workload.task,
+        num_classes=workload.num_classes,
+        reference=reference,
+        metric=workload.metric,
+        threshold=threshold,
+        threads=threads,
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -88,7 +87,8 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
 
     Uses the dynamo exporter and falls back to the TorchScript one for models it cannot trace.
     """
-    model = model.eval()
+    was_training = model.training
+    model.eval()  # restored below: the caller's model keeps its mode
     # a batch of 2: with 1, torch.export specializes the batch axis to the constant 1
     inputs = with_batch(tuple(example_inputs), 2)
     names = [f"input_{i}" for i in range(len(inputs))] if len(inputs) > 1 else ["input"]
@@ -124,6 +124,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
                     dynamic_axes={n: {0: "batch"} for n in names},
                 )
     finally:
+        model.train(was_training)
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
     return path
@@ -228,14 +229,3 @@ def predict(
                 targets.append(torch.as_tensor(y).numpy())
     out = np.concatenate(outputs) if outputs else np.empty((0,))
     return out, (np.concatenate(targets) if targets else None)
-
-
-def onnx_artifact(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[bytes, int]:
-    """The model exported to ONNX, as bytes, and the size of its files on disk."""
-    with tempfile.TemporaryDirectory(prefix="fulcrum-") as tmp:
-        path = export_onnx(model, example_inputs, Path(tmp) / "model.onnx")
-        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
-        import onnx
-
-        proto = onnx.load(str(path))  # pulls external data back in
-        return proto.SerializeToString(), size

@@ -216,19 +216,11 @@ class Baseline:
 def measure_baseline(workload: Any, settings: SearchSettings, threads: int) -> Baseline:
     from fulcrum import measure
     from fulcrum.compression import onnx_bytes
-    from fulcrum.metrics import MAIN_METRIC, evaluate
+    from fulcrum.metrics import MAIN_METRIC, evaluate_workload
     from fulcrum.runtimes import OnnxModel
     from fulcrum.techniques import Candidate
 
-    evaluation = evaluate(
-        workload.model,
-        workload.val,
-        workload.task,
-        num_classes=workload.num_classes,
-        reference=workload.reference,
-        metric=workload.metric,
-        threads=threads,
-    )
+    evaluation = evaluate_workload(workload, threads=threads)
     profile = measure.profile(
         workload.model, workload.example_inputs, latency=False, runtimes_=("torch",)
     )
@@ -285,7 +277,7 @@ class Trialist:
 
         from fulcrum import measure
         from fulcrum.compression import compress, deployed, onnx_bytes, recipe_text, save_candidate
-        from fulcrum.metrics import MAIN_METRIC, evaluate
+        from fulcrum.metrics import MAIN_METRIC, evaluate_workload
         from fulcrum.runtimes import OnnxModel
 
         settings, workload = self.settings, self.workload
@@ -318,15 +310,7 @@ class Trialist:
         else:
             runner = deployed(candidate, self.threads)
             size = measure.safetensors_bytes(candidate.model)
-        evaluation = evaluate(
-            runner,
-            workload.val,
-            workload.task,
-            num_classes=workload.num_classes,
-            reference=workload.reference,
-            metric=workload.metric,
-            threads=self.threads,
-        )
+        evaluation = evaluate_workload(workload, runner, threads=self.threads)
         metric = float(evaluation.metrics[MAIN_METRIC[workload.task]] or 0.0)
         times = measure.compare_latency(
             {"baseline": self.base.runner, "candidate": runner},
@@ -443,6 +427,30 @@ def work(study: Any, trialist: Trialist, trials: int, lock: Path) -> int:
             heartbeat.join()
             study.tell(trial, values)
         ran += 1
+        trialist.progress(best_so_far(study, trialist, trials))
+
+
+def best_so_far(study: Any, trialist: Trialist, trials: int) -> str:
+    """One progress line: how far the study is, and its best trade-off within budget so far."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    cost = next(o for o in trialist.settings.objectives if o != "metric")
+    feasible = [
+        t
+        for t in done
+        if t.state == TrialState.COMPLETE and max(t.user_attrs.get("constraints", [0.0])) <= 0
+    ]
+    line = f"[{len(done)}/{trials}]"
+    if not feasible:
+        return f"{line} no trial within budget yet"
+    best = min(feasible, key=lambda t: (t.user_attrs[cost], t.number))
+    base = trialist.reference
+    drop = (base["metric"] - best.user_attrs["metric"]) * 100
+    return (
+        f"{line} best within budget: trial {best.number}, {cost} {best.user_attrs[cost]:.4g} "
+        f"({base[cost] / max(best.user_attrs[cost], 1e-12):.2f}x better), drop {drop:.2f} pt"
+    )
 
 
 def _worker(

@@ -6,7 +6,6 @@ check_technique(get("prune"))          # raises AssertionError naming the broken
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -160,7 +159,3 @@ def check_technique(
         else:
             raise AssertionError(f"{name}: accepted invalid parameters {technique.invalid}")
     return candidate
-
-
-def fields_of(config: TechniqueConfig) -> dict[str, Any]:
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}

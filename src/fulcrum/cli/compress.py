@@ -84,7 +84,7 @@ def compress_and_compare(
         recipe_text,
         save_candidate,
     )
-    from fulcrum.metrics import MAIN_METRIC, evaluate
+    from fulcrum.metrics import MAIN_METRIC, evaluate_workload
     from fulcrum.runtimes import OnnxModel, default_threads
     from fulcrum.techniques import Candidate
 
@@ -92,29 +92,13 @@ def compress_and_compare(
     say = progress or (lambda _m: None)
     start = time.perf_counter()
     say("evaluating the baseline")
-    base_eval = evaluate(
-        workload.model,
-        workload.val,
-        workload.task,
-        num_classes=workload.num_classes,
-        reference=workload.reference,
-        metric=workload.metric,
-        threads=threads,
-    )
+    base_eval = evaluate_workload(workload, threads=threads)
     steps = recipe_from(recipe) if isinstance(recipe, str) else tuple(recipe)
     candidate = compress(workload.model, steps, workload, seed=seed, threads=threads, progress=say)
     compress_seconds = time.perf_counter() - start
     say("evaluating the candidate on its runtime")
     runner = deployed(candidate, threads)
-    cand_eval = evaluate(
-        runner,
-        workload.val,
-        workload.task,
-        num_classes=workload.num_classes,
-        reference=workload.reference or (workload.model if workload.task == "embedding" else None),
-        metric=workload.metric,
-        threads=threads,
-    )
+    cand_eval = evaluate_workload(workload, runner, threads=threads)
     say("measuring size and compute")
     base_profile = measure.profile(
         workload.model, workload.example_inputs, latency=False, runtimes_=("torch",)

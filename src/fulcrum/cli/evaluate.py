@@ -29,29 +29,8 @@ def run(args: argparse.Namespace) -> int:
     workload = workloads.load(
         args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
     )
-    result = evaluate_workload(workload, threshold=args.threshold, threads=args.threads)
+    result = metrics.evaluate_workload(workload, threshold=args.threshold, threads=args.threads)
     print(f"{workload.name}: {workload.task}, {result.n_samples} validation samples")
     metrics.render(result)
     write_json(args.json, {"workload": workload.name, "evaluation": result.to_dict()})
     return 0
-
-
-def evaluate_workload(workload: Any, *, threshold: float = 0.5, threads: int | None = None) -> Any:
-    from fulcrum import metrics
-    from fulcrum.errors import ConfigError
-
-    if workload.val is None:
-        raise ConfigError(
-            f"workload {workload.name!r} has no validation data; describe it in a TOML file with "
-            "onnx = '...' and data = '...' (see the README) to evaluate it."
-        )
-    return metrics.evaluate(
-        workload.model,
-        workload.val,
-        workload.task,
-        num_classes=workload.num_classes,
-        reference=workload.reference,
-        metric=workload.metric,
-        threshold=threshold,
-        threads=threads,
-    )
