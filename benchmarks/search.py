@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--max-drop", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"])
+    parser.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     threads = default_threads()

@@ -39,7 +39,7 @@ OBJECTIVES = {
     "params": "minimize",
 }
 BUDGET_KEYS = ("latency_ms", "size_mb", "size_bytes", "macs", "params")
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT_S, GRACE_S = 2, 8
 
 
@@ -55,7 +55,7 @@ class SearchSettings:
     relative: bool = False
     budgets: dict[str, float] = field(default_factory=dict)
     policy: str = "tolerance"
-    sampler: str = "nsga2"
+    sampler: str = "tpe"
     seed: int = 0
     workers: int = 1
     trial_seconds: float = 0.5

@@ -64,7 +64,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--policy", default="tolerance", help="tolerance (default), knee or weighted"
     )
-    parser.add_argument("--sampler", default="nsga2", help="nsga2 (default), tpe or random")
+    parser.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--workers", type=positive_int, default=1, help="local processes sharing the study"
