@@ -56,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
         out=out,
     )
     render(result)
+    from fulcrum.report import write_report
+
+    paths = write_report(out)
     write_json(args.json, result)
+    print(f"report: {paths['report']}")
     print(f"\nwrote {out}/results.json, {out}/model.onnx, {out}/model.safetensors")
     return 0
 

@@ -25,7 +25,8 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         )
     if not path.is_file():
         raise ConfigError(
-            f"{run_dir} is not a search run: results.json is missing; give a folder written by `fulcrum search`."
+            f"{run_dir} is not a run folder: results.json is missing; give a folder written by "
+            "`fulcrum search` or `fulcrum compress`."
         )
     try:
         result = json.loads(path.read_text())
@@ -33,12 +34,80 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path} is not valid JSON ({exc.msg}); the run was interrupted before it ended."
         ) from None
+    if "candidate" in result and "steps" in result:
+        return from_compress(result)
     missing = [k for k in ("baseline", "trials", "frontier", "pick", "settings") if k not in result]
     if missing:
         raise ConfigError(
-            f"{path} lacks {', '.join(missing)}: it is not from `fulcrum search` (report covers searches)."
+            f"{path} lacks {', '.join(missing)}: it is not from `fulcrum search` or `fulcrum compress`."
         )
     return result
+
+
+def from_compress(result: dict[str, Any]) -> dict[str, Any]:
+    """A compress run seen as a search of one trial, so that one report template serves both."""
+    from fulcrum.metrics import MAIN_METRIC
+
+    main = MAIN_METRIC[result["task"]]
+    runtime = result["runtime"] if result["runtime"] == "onnxruntime" else "torch"
+    rows = {(r["model"], r["runtime"], r["batch_size"]): r["median_ms"] for r in result["latency"]}
+    batch = min(r["batch_size"] for r in result["latency"])
+
+    def figures(side: str) -> dict[str, Any]:
+        data = result[side]
+        return {
+            "metric": data["evaluation"]["metrics"][main],
+            "metrics": data["evaluation"]["metrics"],
+            "latency_ms": rows.get((side, runtime, batch)) or rows[(side, "onnxruntime", batch)],
+            "size_bytes": data["bytes"]["onnx"],
+            "macs": data["macs"],
+            "params": data["params"],
+        }
+
+    candidate = {**figures("candidate"), "trial": "0", "recipe": result["recipe"]}
+    trial = {
+        "number": 0,
+        "state": "COMPLETE",
+        **candidate,
+        "constraints": [0.0],
+        "seconds": result["compress_seconds"],
+        "notes": [n for step in result["steps"] for n in step["notes"]],
+    }
+    return {
+        "workload": result["workload_source"],
+        "baseline": figures("baseline"),
+        "trials": [trial],
+        "frontier": [candidate],
+        "search_seconds": result["compress_seconds"],
+        "pick": {
+            "policy": "recipe",
+            "reason": f"the result of the recipe {result['recipe']}",
+            "point": candidate,
+            "closest": [],
+        },
+        "settings": {
+            "runtime": runtime,
+            "batch_size": batch,
+            "seed": result["seed"],
+            "budgets": {},
+            "max_drop": None,
+            "relative": False,
+            "objectives": ["metric", "latency_ms"],
+            "trials": 1,
+            "sampler": "-",
+            "policy": "recipe",
+            "recipe": result["recipe"],
+        },
+        "environment": result["environment"],
+    }
+
+
+def chosen_folder(run_dir: Path) -> Path | None:
+    """Where the chosen model was saved: sweetspot/ of a search, the folder of a compress run."""
+    for folder in (run_dir / "sweetspot", run_dir):
+        if (folder / "model.json").is_file():
+            return folder
+    return None
 
 
 def layer_rows(run_dir: Path, result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -57,8 +126,9 @@ def layer_rows(run_dir: Path, result: dict[str, Any]) -> dict[str, list[dict[str
         return {}
     rows: dict[str, list[dict[str, Any]]] = {}
     models = {"baseline": workload.model}
-    if (run_dir / "sweetspot" / "model.json").is_file():
-        models["sweet spot"] = rebuild(workload.model, run_dir / "sweetspot")
+    chosen = chosen_folder(run_dir)
+    if chosen is not None:
+        models["sweet spot"] = rebuild(workload.model, chosen)
     for name, model in models.items():
         _, _, layers = torch_compute(model, workload.example_inputs)
         rows[name] = [
@@ -157,8 +227,8 @@ def card(result: dict[str, Any], run_dir: Path) -> str:
         )
     trial = next(t for t in result["trials"] if str(t["number"]) == str(pick["trial"]))
     manifest = (
-        json.loads((run_dir / "sweetspot" / "model.json").read_text())
-        if (run_dir / "sweetspot" / "model.json").is_file()
+        json.loads((chosen / "model.json").read_text())
+        if (chosen := chosen_folder(run_dir)) is not None
         else {}
     )
     runtime = result["settings"]["runtime"]
@@ -216,6 +286,8 @@ def card(result: dict[str, Any], run_dir: Path) -> str:
 
 def reproduce(result: dict[str, Any]) -> str:
     s = result["settings"]
+    if "recipe" in s:
+        return f"fulcrum compress {result['workload']} --recipe {json.dumps(s['recipe'])} --seed {s['seed']}"
     parts = [
         f"fulcrum search {result['workload']}",
         f"--trials {s['trials']}",
