@@ -94,3 +94,13 @@ def test_bad_module_reference_from_the_console_script(user_dir):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("fulcrum evaluate: error: entry 'model'")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(capsys, tmp_path):
+    code = main(["demo", "--trials", "4", "--out", str(tmp_path / "demo")])
+    out = capsys.readouterr().out
+    assert code in (0, 1) and "demo finished" in out
+    assert (tmp_path / "demo" / "report.html").is_file() and (
+        tmp_path / "demo" / "results.json"
+    ).is_file()

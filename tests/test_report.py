@@ -141,6 +141,17 @@ def test_safetensors_export_reloads_and_refuses_tampering(run_dir, tmp_path):
     export(run_dir, fmt="safetensors", out=tmp_path / "st")
     model = load(tmp_path / "st")
     assert isinstance(model, torch.nn.Module)
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "st" / "model.safetensors"
+    original = path.read_bytes()
+    state = load_file(str(path))
+    name = next(iter(state))
+    state[name] = torch.zeros(*[d + 1 for d in state[name].shape])  # a shape changed after export
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match="changed after it was exported"):
+        load(tmp_path / "st")
+    path.write_bytes(original)
     data = (tmp_path / "st" / "model.safetensors").read_bytes()
     (tmp_path / "st" / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(CheckpointError, match="changed after it was exported"):
