@@ -22,9 +22,10 @@ from typing import Any
 
 from fulcrum import measure
 from fulcrum.compression import compress, onnx_bytes
-from fulcrum.metrics import evaluate
+from fulcrum.evaluation import evaluate
 from fulcrum.runtimes import OnnxModel, default_threads
-from fulcrum.study import SearchSettings, search
+from fulcrum.study import SearchSettings
+from fulcrum.sweetspot import search
 from fulcrum.techniques import Candidate
 from fulcrum.workloads import load
 

@@ -15,6 +15,7 @@ import pytest
 from fulcrum.cli import main
 from fulcrum.errors import ConfigError
 from fulcrum.study import SearchSettings
+from fulcrum.sweetspot import check_policy
 
 SLOW_DATA = textwrap.dedent(
     '''
@@ -204,7 +205,7 @@ def test_two_workers_share_one_study(search_dir):
 )
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        SearchSettings(**kwargs)
+        check_policy(SearchSettings(**kwargs))  # the policy is the frontier's to check
 
 
 def test_unreachable_storage_and_conflicting_study(capsys, search_dir):

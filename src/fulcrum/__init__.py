@@ -18,10 +18,12 @@ from fulcrum.errors import FulcrumError
 
 if TYPE_CHECKING:
     from fulcrum.compression import compress
+    from fulcrum.evaluation import evaluate
     from fulcrum.export import load
     from fulcrum.measure import Profile, profile
-    from fulcrum.metrics import Evaluation, evaluate
-    from fulcrum.study import SearchSettings, search
+    from fulcrum.metrics import Evaluation
+    from fulcrum.study import SearchSettings
+    from fulcrum.sweetspot import search
     from fulcrum.techniques import Candidate
     from fulcrum.workloads import Workload
     from fulcrum.workloads import load as load_workload
@@ -29,13 +31,13 @@ if TYPE_CHECKING:
 _LAZY = {
     "profile": ("fulcrum.measure", "profile"),
     "Profile": ("fulcrum.measure", "Profile"),
-    "evaluate": ("fulcrum.metrics", "evaluate"),
+    "evaluate": ("fulcrum.evaluation", "evaluate"),
     "Evaluation": ("fulcrum.metrics", "Evaluation"),
     "Workload": ("fulcrum.workloads", "Workload"),
     "load_workload": ("fulcrum.workloads", "load"),
     "compress": ("fulcrum.compression", "compress"),
     "Candidate": ("fulcrum.techniques", "Candidate"),
-    "search": ("fulcrum.study", "search"),
+    "search": ("fulcrum.sweetspot", "search"),
     "SearchSettings": ("fulcrum.study", "SearchSettings"),
     "load": ("fulcrum.export", "load"),
 }

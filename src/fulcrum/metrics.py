@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ class Evaluation:
         return out
 
 
-def _num(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
     """A python float, or None for NaN."""
     f = float(value)
     return None if math.isnan(f) else f
@@ -109,7 +109,7 @@ def _auc(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", UndefinedMetricWarning)
-            return _num(call()), []
+            return finite_or_none(call()), []
     except (ValueError, UndefinedMetricWarning) as exc:
         return None, [f"{name} undefined: {exc}"]
 
@@ -145,12 +145,16 @@ def _multiclass(y_true: ArrayLike, scores: ArrayLike, num_classes: int | None) -
     y = _labels(y, c)
     proba = _softmax(s)
     pred = proba.argmax(axis=1)
-    m: dict[str, float | None] = {"accuracy": _num(skm.accuracy_score(y, pred))}
+    m: dict[str, float | None] = {"accuracy": finite_or_none(skm.accuracy_score(y, pred))}
     for avg in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(
             y, pred, labels=labels, average=avg, zero_division=0
         )
-        m |= {f"precision_{avg}": _num(p), f"recall_{avg}": _num(r), f"f1_{avg}": _num(f)}
+        m |= {
+            f"precision_{avg}": finite_or_none(p),
+            f"recall_{avg}": finite_or_none(r),
+            f"f1_{avg}": finite_or_none(f),
+        }
     m["roc_auc_ovr"], notes = _auc(
         "roc_auc_ovr",
         y,
@@ -178,10 +182,10 @@ def _binary(y_true: ArrayLike, scores: ArrayLike, threshold: float) -> Evaluatio
         y, pred, average="binary", pos_label=1, zero_division=0
     )
     m: dict[str, float | None] = {
-        "accuracy": _num(skm.accuracy_score(y, pred)),
-        "precision": _num(p),
-        "recall": _num(r),
-        "f1": _num(f),
+        "accuracy": finite_or_none(skm.accuracy_score(y, pred)),
+        "precision": finite_or_none(p),
+        "recall": finite_or_none(r),
+        "f1": finite_or_none(f),
     }
     m["roc_auc"], notes = _auc("roc_auc", y, [0, 1], lambda: skm.roc_auc_score(y, proba))
     m["threshold"] = float(threshold)
@@ -197,16 +201,16 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Evaluation:
     if y.shape != p.shape:
         raise DataError(f"y_true {y.shape} and y_pred {p.shape} must have the same shape.")
     m: dict[str, float | None] = {
-        "mae": _num(skm.mean_absolute_error(y, p)),
-        "rmse": _num(skm.root_mean_squared_error(y, p)),
-        "mape": _num(skm.mean_absolute_percentage_error(y, p)),
+        "mae": finite_or_none(skm.mean_absolute_error(y, p)),
+        "rmse": finite_or_none(skm.root_mean_squared_error(y, p)),
+        "mape": finite_or_none(skm.mean_absolute_percentage_error(y, p)),
         "r2": None,
     }
     notes = ["mape is unreliable: y_true contains zeros"] if np.any(y == 0) else []
     if len(y) < 2:
         notes.append("r2 undefined: needs at least 2 samples")
     else:
-        m["r2"] = _num(skm.r2_score(y, p))
+        m["r2"] = finite_or_none(skm.r2_score(y, p))
     return Evaluation("regression", m, tuple(notes), n_samples=len(y))
 
 
@@ -222,9 +226,9 @@ def embedding_metrics(outputs: np.ndarray, reference: np.ndarray) -> Evaluation:
     out, ref = (x.reshape(len(x), -1).astype(np.float64) for x in (out, ref))
     cos = 1.0 - paired_cosine_distances(out, ref)
     m: dict[str, float | None] = {
-        "cosine_mean": _num(cos.mean()),
-        "cosine_min": _num(cos.min()),
-        "mse": _num(skm.mean_squared_error(ref, out)),
+        "cosine_mean": finite_or_none(cos.mean()),
+        "cosine_min": finite_or_none(cos.min()),
+        "mse": finite_or_none(skm.mean_squared_error(ref, out)),
     }
     return Evaluation("embedding", m, n_samples=len(out))
 
@@ -282,66 +286,3 @@ def render(evaluation: Evaluation, console: Any = None) -> None:
         for label, row in zip(evaluation.labels, evaluation.confusion_matrix, strict=True):
             cm.add_row(str(label), *(str(v) for v in row))
         console.print(cm)
-
-
-def evaluate(
-    model: Any,
-    data: Iterable[Any],
-    task: str,
-    *,
-    num_classes: int | None = None,
-    reference: Any = None,
-    metric: Callable[[np.ndarray, np.ndarray], Mapping[str, float] | float] | None = None,
-    threshold: float = 0.5,
-    threads: int | None = None,
-) -> Evaluation:
-    """Run ``model`` (a torch module or an ONNX model) over ``(inputs, target)`` batches and score it.
-
-    ``reference`` is the model whose outputs an ``embedding`` task is compared with; ``metric``
-    is a user function ``fn(y_true, outputs)`` whose result is added to the metrics.
-    """
-    from fulcrum.runtimes import predict
-
-    batches = list(data)
-    if not batches:
-        raise DataError("The validation data has zero samples; give the split at least one batch.")
-    outputs, targets = predict(model, batches, threads)
-    ref = predict(reference, batches, threads)[0] if reference is not None else None
-    result = compute(
-        task, targets, outputs, num_classes=num_classes, reference=ref, threshold=threshold
-    )
-    if metric is None:
-        return result
-    extra = metric(targets if targets is not None else np.empty(0), outputs)
-    name = getattr(metric, "__name__", "metric")
-    values = dict(extra) if isinstance(extra, Mapping) else {name: extra}
-    merged = {**result.metrics, **{k: _num(v) for k, v in values.items()}}
-    return replace(result, metrics=merged)
-
-
-def evaluate_workload(
-    workload: Any, model: Any = None, *, threshold: float = 0.5, threads: int | None = None
-) -> Evaluation:
-    """Score ``model`` (default: the workload's own) on the workload's validation split.
-
-    An embedding task without a reference model is judged against the workload's original
-    model: fidelity to what was there before compression.
-    """
-    if workload.val is None:
-        raise ConfigError(
-            f"workload {workload.name!r} has no validation data; describe it in a TOML file with "
-            "onnx = '...' and data = '...' (see the README) to evaluate it."
-        )
-    reference = workload.reference
-    if reference is None and workload.task == "embedding":
-        reference = workload.model
-    return evaluate(
-        workload.model if model is None else model,
-        workload.val,
-        workload.task,
-        num_classes=workload.num_classes,
-        reference=reference,
-        metric=workload.metric,
-        threshold=threshold,
-        threads=threads,
-    )

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import multiprocessing
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -64,8 +62,6 @@ class SearchSettings:
     max_epochs: int = 10
 
     def __post_init__(self) -> None:
-        from fulcrum.frontier import POLICIES
-
         if self.trials < 1:
             raise ConfigError(f"--trials must be at least 1; got {self.trials}.")
         for name in self.objectives:
@@ -89,10 +85,6 @@ class SearchSettings:
         if self.sampler not in SAMPLERS:
             raise ConfigError(
                 f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}.{suggest(self.sampler, SAMPLERS)}"
-            )
-        if self.policy not in POLICIES:
-            raise ConfigError(
-                f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}.{suggest(self.policy, POLICIES)}"
             )
         if self.workers < 1 or self.batch_size < 1:
             raise ConfigError("--workers and --batch-size must be at least 1.")
@@ -216,7 +208,8 @@ class Baseline:
 def measure_baseline(workload: Any, settings: SearchSettings, threads: int) -> Baseline:
     from fulcrum import measure
     from fulcrum.compression import onnx_bytes
-    from fulcrum.metrics import MAIN_METRIC, evaluate_workload
+    from fulcrum.evaluation import evaluate_workload
+    from fulcrum.metrics import MAIN_METRIC
     from fulcrum.runtimes import OnnxModel
     from fulcrum.techniques import Candidate
 
@@ -277,7 +270,8 @@ class Trialist:
 
         from fulcrum import measure
         from fulcrum.compression import compress, deployed, onnx_bytes, recipe_text, save_candidate
-        from fulcrum.metrics import MAIN_METRIC, evaluate_workload
+        from fulcrum.evaluation import evaluate_workload
+        from fulcrum.metrics import MAIN_METRIC
         from fulcrum.runtimes import OnnxModel
 
         settings, workload = self.settings, self.workload
@@ -480,7 +474,7 @@ def _worker(
 # -- the whole search ---------------------------------------------------------------------------
 
 
-def search(
+def run_study(
     workload: Any,
     settings: SearchSettings,
     run_dir: Path,
@@ -490,11 +484,11 @@ def search(
     study_name: str | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) the study in ``run_dir``, re-measure the frontier, pick the sweet spot.
+) -> tuple[Any, Trialist, float]:
+    """Run (or resume) the study in ``run_dir`` until it has ``settings.trials`` finished trials.
 
-    Returns the content of ``results.json``; ``result["pick"]["point"]`` is None when nothing
-    met the budget.
+    Returns the Optuna study, this process's Trialist (baseline and runners) and the seconds
+    the trials took; ``fulcrum.sweetspot`` turns them into the frontier and the pick.
     """
     import torch
 
@@ -549,125 +543,4 @@ def search(
             p.join()
     else:
         work(study, trialist, settings.trials, run_dir / ".ask.lock")
-    search_seconds = time.perf_counter() - start
-    say("re-measuring the finalists side by side with the baseline")
-    return conclude(study, trialist, settings, run_dir, search_seconds)
-
-
-def _trial_record(t: Any) -> dict[str, Any]:
-    return {
-        "number": t.number,
-        "state": t.state.name,
-        "params": t.params,
-        "values": list(t.values) if t.values else None,
-        **t.user_attrs,
-        "started": t.datetime_start.isoformat() if t.datetime_start else None,
-        "seconds_total": (t.datetime_complete - t.datetime_start).total_seconds()
-        if t.datetime_complete and t.datetime_start
-        else None,
-    }
-
-
-def conclude(
-    study: Any, trialist: Trialist, settings: SearchSettings, run_dir: Path, search_seconds: float
-) -> dict[str, Any]:
-    """The frontier, its finalists re-measured, the pick, results.json and sweetspot/."""
-    from optuna.trial import TrialState
-
-    from fulcrum import frontier, measure
-    from fulcrum.measure import environment
-    from fulcrum.runtimes import OnnxModel
-
-    reference = trialist.reference
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    objectives = [frontier.Objective(o, OBJECTIVES[o]) for o in settings.objectives]
-    keys = ("metric", "latency_ms", "latency_ratio", "size_bytes", "macs", "params")
-    points = [
-        frontier.Point(
-            key=str(t.number),
-            values={k: float(t.user_attrs[k]) for k in keys},
-            data={"recipe": t.user_attrs.get("recipe", "")},
-        )
-        for t in complete
-    ]
-    front = frontier.pareto_front(points, objectives) if points else []
-    # finalists: re-measured with more repetitions, interleaved with the baseline
-    finalists = front[: settings.finalists]
-    if finalists:
-        runners: dict[str, Any] = {"baseline": trialist.base.runner}
-        for p in finalists:
-            folder = run_dir / "trials" / p.key
-            if settings.runtime == "onnxruntime":
-                runners[p.key] = OnnxModel(folder / "model.onnx", trialist.threads)
-            else:
-                from fulcrum.compression import rebuild
-
-                runners[p.key] = rebuild(trialist.workload.model, folder)
-        times = measure.compare_latency(
-            runners,
-            trialist.workload.example_inputs,
-            batch_sizes=(settings.batch_size,),
-            threads=trialist.threads,
-            seconds=settings.final_seconds * len(runners) / 2,
-        )
-        base_ms = times[("baseline", settings.batch_size)].median_ms
-        remeasured = {
-            p.key: times[(p.key, settings.batch_size)].median_ms / base_ms for p in finalists
-        }
-        points = [
-            replace(
-                p,
-                values={
-                    **p.values,
-                    "latency_ratio": round(remeasured[p.key], 4),
-                    "latency_ms": round(remeasured[p.key] * reference["latency_ms"], 5),
-                },
-            )
-            if p.key in remeasured
-            else p
-            for p in points
-        ]
-        front = frontier.pareto_front(points, objectives)
-    budget = frontier.Budget(
-        metric="metric",
-        baseline=reference["metric"],
-        max_drop=settings.max_drop,
-        relative=settings.relative,
-        limits=settings.limits(),
-    )
-    cost = next(o for o in settings.objectives if o != "metric")
-    chosen = frontier.pick(
-        [p for p in points if p.key in {f.key for f in front}] or points,
-        objectives,
-        budget,
-        settings.policy,
-        cost=cost,
-    )
-    if chosen.point is not None:
-        target = run_dir / "sweetspot"
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(run_dir / "trials" / chosen.point.key, target)
-    result = {
-        "workload": reference["workload_source"],
-        "settings": asdict(settings),
-        "baseline": {
-            k: reference[k]
-            for k in ("metric", "latency_ms", "size_bytes", "macs", "params", "metrics")
-        },
-        "trials": [_trial_record(t) for t in study.get_trials(deepcopy=False)],
-        "frontier": [{"trial": p.key, **p.values, **p.data} for p in front],
-        "pick": {
-            "policy": chosen.policy,
-            "reason": chosen.reason,
-            "point": (
-                {"trial": chosen.point.key, **chosen.point.values, **chosen.point.data}
-                if chosen.point
-                else None
-            ),
-            "closest": [{"trial": p.key, **p.values, **p.data} for p in chosen.closest],
-        },
-        "search_seconds": round(search_seconds, 1),
-        "environment": environment(trialist.threads),
-    }
-    (run_dir / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return result
+    return study, trialist, time.perf_counter() - start

@@ -88,7 +88,8 @@ def compress_and_compare(
         recipe_text,
         save_candidate,
     )
-    from fulcrum.metrics import MAIN_METRIC, evaluate_workload
+    from fulcrum.evaluation import evaluate_workload
+    from fulcrum.metrics import MAIN_METRIC
     from fulcrum.runtimes import OnnxModel, default_threads
     from fulcrum.techniques import Candidate
 

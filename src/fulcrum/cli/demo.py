@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from fulcrum.compression import timestamp
     from fulcrum.export import export
     from fulcrum.report import write_report
-    from fulcrum.study import SearchSettings, search
+    from fulcrum.study import SearchSettings
+    from fulcrum.sweetspot import search
 
     start = time.perf_counter()
     console = Console(stderr=True)

@@ -24,12 +24,13 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fulcrum import metrics, workloads
+    from fulcrum.evaluation import evaluate_workload
 
     check_writable(args.json)
     workload = workloads.load(
         args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
     )
-    result = metrics.evaluate_workload(workload, threshold=args.threshold, threads=args.threads)
+    result = evaluate_workload(workload, threshold=args.threshold, threads=args.threads)
     print(f"{workload.name}: {workload.task}, {result.n_samples} validation samples")
     metrics.render(result)
     write_json(args.json, {"workload": workload.name, "evaluation": result.to_dict()})

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
     from fulcrum import workloads
     from fulcrum.compression import timestamp
-    from fulcrum.study import SearchSettings, search
+    from fulcrum.study import SearchSettings
+    from fulcrum.sweetspot import search
 
     budgets = dict(args.budget)
     if len(budgets) != len(args.budget):

@@ -1,0 +1,79 @@
+"""The evaluate stage: run a model (PyTorch or ONNX Runtime) over a split and score it.
+
+The scoring itself is ``fulcrum.metrics``, a library of scikit-learn metrics that any stage may
+use (fine-tuning's early stopping does); this module is where models are run to be judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from fulcrum.errors import ConfigError, DataError
+from fulcrum.metrics import Evaluation, compute, finite_or_none
+
+
+def evaluate(
+    model: Any,
+    data: Iterable[Any],
+    task: str,
+    *,
+    num_classes: int | None = None,
+    reference: Any = None,
+    metric: Callable[[np.ndarray, np.ndarray], Mapping[str, float] | float] | None = None,
+    threshold: float = 0.5,
+    threads: int | None = None,
+) -> Evaluation:
+    """Run ``model`` (a torch module or an ONNX model) over ``(inputs, target)`` batches and score it.
+
+    ``reference`` is the model whose outputs an ``embedding`` task is compared with; ``metric``
+    is a user function ``fn(y_true, outputs)`` whose result is added to the metrics.
+    """
+    from fulcrum.runtimes import predict
+
+    batches = list(data)
+    if not batches:
+        raise DataError("The validation data has zero samples; give the split at least one batch.")
+    outputs, targets = predict(model, batches, threads)
+    ref = predict(reference, batches, threads)[0] if reference is not None else None
+    result = compute(
+        task, targets, outputs, num_classes=num_classes, reference=ref, threshold=threshold
+    )
+    if metric is None:
+        return result
+    extra = metric(targets if targets is not None else np.empty(0), outputs)
+    name = getattr(metric, "__name__", "metric")
+    values = dict(extra) if isinstance(extra, Mapping) else {name: extra}
+    merged = {**result.metrics, **{k: finite_or_none(v) for k, v in values.items()}}
+    return replace(result, metrics=merged)
+
+
+def evaluate_workload(
+    workload: Any, model: Any = None, *, threshold: float = 0.5, threads: int | None = None
+) -> Evaluation:
+    """Score ``model`` (default: the workload's own) on the workload's validation split.
+
+    An embedding task without a reference model is judged against the workload's original
+    model: fidelity to what was there before compression.
+    """
+    if workload.val is None:
+        raise ConfigError(
+            f"workload {workload.name!r} has no validation data; describe it in a TOML file with "
+            "onnx = '...' and data = '...' (see the README) to evaluate it."
+        )
+    reference = workload.reference
+    if reference is None and workload.task == "embedding":
+        reference = workload.model
+    return evaluate(
+        workload.model if model is None else model,
+        workload.val,
+        workload.task,
+        num_classes=workload.num_classes,
+        reference=reference,
+        metric=workload.metric,
+        threshold=threshold,
+        threads=threads,
+    )

@@ -1,0 +1,179 @@
+"""The end of a search: the Pareto frontier, its finalists re-measured, the sweet spot.
+
+``search()`` runs (or resumes) the study (``fulcrum.study``), then builds the frontier over the
+chosen objectives (``fulcrum.frontier``), re-measures its finalists interleaved with the baseline
+with more repetitions, picks the sweet spot by policy, copies it to ``sweetspot/`` and writes
+``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from fulcrum.errors import ConfigError, suggest
+from fulcrum.study import OBJECTIVES, SearchSettings, Trialist, run_study
+
+
+def check_policy(settings: SearchSettings) -> None:
+    from fulcrum.frontier import POLICIES
+
+    if settings.policy not in POLICIES:
+        raise ConfigError(
+            f"unknown policy {settings.policy!r}; choose from {', '.join(POLICIES)}."
+            f"{suggest(settings.policy, POLICIES)}"
+        )
+
+
+def search(
+    workload: Any,
+    settings: SearchSettings,
+    run_dir: Path,
+    *,
+    spec: str | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the search in ``run_dir`` and pick the sweet spot.
+
+    Returns the content of ``results.json``; ``result["pick"]["point"]`` is None when nothing
+    met the budget.
+    """
+    check_policy(settings)
+    study, trialist, seconds = run_study(
+        workload,
+        settings,
+        run_dir,
+        spec=spec,
+        storage=storage,
+        study_name=study_name,
+        threads=threads,
+        progress=progress,
+    )
+    (progress or (lambda _m: None))("re-measuring the finalists side by side with the baseline")
+    return conclude(study, trialist, settings, run_dir, seconds)
+
+
+def _trial_record(t: Any) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "params": t.params,
+        "values": list(t.values) if t.values else None,
+        **t.user_attrs,
+        "started": t.datetime_start.isoformat() if t.datetime_start else None,
+        "seconds_total": (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.datetime_complete and t.datetime_start
+        else None,
+    }
+
+
+def conclude(
+    study: Any, trialist: Trialist, settings: SearchSettings, run_dir: Path, search_seconds: float
+) -> dict[str, Any]:
+    """The frontier, its finalists re-measured, the pick, results.json and sweetspot/."""
+    from optuna.trial import TrialState
+
+    from fulcrum import frontier, measure
+    from fulcrum.measure import environment
+    from fulcrum.runtimes import OnnxModel
+
+    reference = trialist.reference
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    objectives = [frontier.Objective(o, OBJECTIVES[o]) for o in settings.objectives]
+    keys = ("metric", "latency_ms", "latency_ratio", "size_bytes", "macs", "params")
+    points = [
+        frontier.Point(
+            key=str(t.number),
+            values={k: float(t.user_attrs[k]) for k in keys},
+            data={"recipe": t.user_attrs.get("recipe", "")},
+        )
+        for t in complete
+    ]
+    front = frontier.pareto_front(points, objectives) if points else []
+    # finalists: re-measured with more repetitions, interleaved with the baseline
+    finalists = front[: settings.finalists]
+    if finalists:
+        runners: dict[str, Any] = {"baseline": trialist.base.runner}
+        for p in finalists:
+            folder = run_dir / "trials" / p.key
+            if settings.runtime == "onnxruntime":
+                runners[p.key] = OnnxModel(folder / "model.onnx", trialist.threads)
+            else:
+                from fulcrum.compression import rebuild
+
+                runners[p.key] = rebuild(trialist.workload.model, folder)
+        times = measure.compare_latency(
+            runners,
+            trialist.workload.example_inputs,
+            batch_sizes=(settings.batch_size,),
+            threads=trialist.threads,
+            seconds=settings.final_seconds * len(runners) / 2,
+        )
+        base_ms = times[("baseline", settings.batch_size)].median_ms
+        remeasured = {
+            p.key: times[(p.key, settings.batch_size)].median_ms / base_ms for p in finalists
+        }
+        points = [
+            replace(
+                p,
+                values={
+                    **p.values,
+                    "latency_ratio": round(remeasured[p.key], 4),
+                    "latency_ms": round(remeasured[p.key] * reference["latency_ms"], 5),
+                },
+            )
+            if p.key in remeasured
+            else p
+            for p in points
+        ]
+        front = frontier.pareto_front(points, objectives)
+    budget = frontier.Budget(
+        metric="metric",
+        baseline=reference["metric"],
+        max_drop=settings.max_drop,
+        relative=settings.relative,
+        limits=settings.limits(),
+    )
+    cost = next(o for o in settings.objectives if o != "metric")
+    chosen = frontier.pick(
+        [p for p in points if p.key in {f.key for f in front}] or points,
+        objectives,
+        budget,
+        settings.policy,
+        cost=cost,
+    )
+    if chosen.point is not None:
+        target = run_dir / "sweetspot"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(run_dir / "trials" / chosen.point.key, target)
+    result = {
+        "workload": reference["workload_source"],
+        "settings": asdict(settings),
+        "baseline": {
+            k: reference[k]
+            for k in ("metric", "latency_ms", "size_bytes", "macs", "params", "metrics")
+        },
+        "trials": [_trial_record(t) for t in study.get_trials(deepcopy=False)],
+        "frontier": [{"trial": p.key, **p.values, **p.data} for p in front],
+        "pick": {
+            "policy": chosen.policy,
+            "reason": chosen.reason,
+            "point": (
+                {"trial": chosen.point.key, **chosen.point.values, **chosen.point.data}
+                if chosen.point
+                else None
+            ),
+            "closest": [{"trial": p.key, **p.values, **p.data} for p in chosen.closest],
+        },
+        "search_seconds": round(search_seconds, 1),
+        "environment": environment(trialist.threads),
+    }
+    (run_dir / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
