@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import onnx
 import pytest
@@ -33,9 +31,7 @@ def write_toml(user_dir, **entries):
 
 
 def test_digits_baseline_is_accurate_oversized_and_cached(monkeypatch, private_cache):
-    start = time.perf_counter()
     w = workloads.load("digits")
-    trained_in = time.perf_counter() - start
     assert w.task == "multiclass" and w.num_classes == 10
     assert sum(p.numel() for p in w.model.parameters()) > 1_000_000  # room to compress
     result = evaluate(w.model, w.val, w.task)
@@ -47,7 +43,6 @@ def test_digits_baseline_is_accurate_oversized_and_cached(monkeypatch, private_c
     again = workloads.load("digits")
     for a, b in zip(w.model.state_dict().values(), again.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert trained_in < 120
 
 
 def test_breast_cancer_is_a_binary_mlp():
