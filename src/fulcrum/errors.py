@@ -49,6 +49,12 @@ class MissingDependencyError(FulcrumError, ImportError):
     """An optional dependency is needed for this feature."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the closest choice, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

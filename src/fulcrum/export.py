@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fulcrum.errors import CheckpointError, ConfigError, FulcrumError, OnnxError
+from fulcrum.errors import CheckpointError, ConfigError, FulcrumError, OnnxError, first_line
 
 FORMATS = ("onnx", "safetensors", "pt2")
 # float32 graphs agree to rounding; ONNX Runtime fuses and reorders, so allow a little more
@@ -218,7 +218,7 @@ def load(path: Path | str) -> nn.Module:
     except FulcrumError:
         raise
     except Exception as exc:  # safetensors and torch raise assorted types for damaged files
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         raise CheckpointError(
             f"{folder / 'model.safetensors'} cannot be loaded ({first}); export it again."
         ) from None

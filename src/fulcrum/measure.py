@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fulcrum import runtimes
-from fulcrum.errors import ConfigError, ShapeError
+from fulcrum.errors import ConfigError
 from fulcrum.runtimes import OnnxModel
 
 FLOP_CONVENTION = "FLOPs = 2 x MACs"
@@ -185,12 +185,7 @@ def torch_compute(
         with counter, torch.no_grad():
             meta(*inputs)
     except (RuntimeError, ValueError, IndexError, NotImplementedError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        given = ", ".join(str(list(x.shape)) for x in example_inputs)
-        raise ShapeError(
-            f"the model cannot run on example inputs of shape {given} ({first}); "
-            "give inputs shaped like one batch of the model's data."
-        ) from None
+        raise runtimes.input_shape_error(example_inputs, exc) from None
     finally:
         for h in hooks:
             h.remove()

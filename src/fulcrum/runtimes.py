@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fulcrum.errors import OnnxError, ShapeError
+from fulcrum.errors import OnnxError, ShapeError, first_line
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -73,13 +73,20 @@ def check_example_inputs(model: nn.Module, inputs: Sequence[torch.Tensor], label
     try:
         with torch.no_grad():
             model(*inputs)
-    except (RuntimeError, ValueError, IndexError) as exc:
-        shapes = ", ".join(str(list(x.shape)) for x in inputs)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ShapeError(
-            f"{label}: the model cannot run on example inputs of shape {shapes} ({first}); "
-            "give inputs shaped like one batch of the model's data."
-        ) from None
+    except (RuntimeError, ValueError, IndexError, NotImplementedError) as exc:
+        raise input_shape_error(inputs, exc, label) from None
+
+
+def input_shape_error(
+    inputs: Sequence[torch.Tensor], exc: BaseException, label: str = ""
+) -> ShapeError:
+    """The one-line error for a model that cannot run on ``inputs``."""
+    shapes = ", ".join(str(list(x.shape)) for x in inputs)
+    prefix = f"{label}: " if label else ""
+    return ShapeError(
+        f"{prefix}the model cannot run on example inputs of shape {shapes} ({first_line(exc)}); "
+        "give inputs shaped like one batch of the model's data."
+    )
 
 
 def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path) -> Path:
@@ -147,7 +154,7 @@ def ort_session(path: Path | str | bytes, threads: int | None = None) -> Any:
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300]
+        first = first_line(exc, 300)
         raise OnnxError(f"ONNX Runtime cannot load {path!s:.200}: {first}") from None
 
 
@@ -197,7 +204,7 @@ class OnnxModel:
         try:
             out = self.session.run(None, feed)[0]
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:300]
+            first = first_line(exc, 300)
             shapes = ", ".join(f"{n}={list(v.shape)}" for n, v in feed.items())
             raise ShapeError(f"{self.name} cannot run on inputs {shapes}: {first}") from None
         return torch.from_numpy(np.asarray(out))

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fulcrum.errors import ConfigError, FulcrumError, MissingDependencyError, suggest
+from fulcrum.errors import ConfigError, FulcrumError, MissingDependencyError, first_line, suggest
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def storage_for(url: str) -> Any:
         )
         raise MissingDependencyError(f"storage {url!r} needs {driver}: {exc}.") from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+        first = first_line(exc, 200)
         raise ConfigError(
             f"storage {url!r} cannot be reached ({first}); check the URL, that the server runs, "
             "and that its driver is installed (PostgreSQL: pip install 'fulcrum[postgres]')."

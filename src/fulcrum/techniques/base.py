@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from fulcrum.errors import ConfigError, suggest
+from fulcrum.errors import ConfigError, TechniqueError, suggest
 
 
 class Trial(Protocol):
@@ -169,6 +169,13 @@ class Candidate:
 
     def with_step(self, step: Step, **changes: Any) -> Candidate:
         return dataclasses.replace(self, steps=(*self.steps, step), **changes)
+
+    def require_float(self, technique: str) -> None:
+        """Refuse to continue from a quantized graph: ``technique`` works on the PyTorch model."""
+        if self.final:
+            raise TechniqueError(
+                f"{technique} cannot follow quantize: put quantize last in the recipe."
+            )
 
     @property
     def final(self) -> bool:

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fulcrum.errors import ConfigError, TechniqueError
+from fulcrum.errors import ConfigError
 from fulcrum.techniques.base import (
     Candidate,
     Context,
@@ -71,8 +71,7 @@ def narrower(model: nn.Module, width: float, ctx: Context) -> nn.Module:
 
 
 def apply(config: DistillConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    if candidate.final:
-        raise TechniqueError("distill cannot follow quantize: put quantize last in the recipe.")
+    candidate.require_float("distill")
     if ctx.teacher is None or not isinstance(ctx.teacher, nn.Module):
         raise ConfigError(
             "distill needs a PyTorch teacher model; this workload has none (an ONNX model cannot teach)."

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fulcrum.errors import ConfigError, TechniqueError
+from fulcrum.errors import ConfigError
 from fulcrum.techniques.base import (
     Candidate,
     Context,
@@ -45,8 +45,7 @@ class FinetuneConfig(TechniqueConfig):
 
 
 def apply(config: FinetuneConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    if candidate.final:
-        raise TechniqueError("finetune cannot follow quantize: put quantize last in the recipe.")
+    candidate.require_float("finetune")
     if ctx.train is None:
         raise ConfigError("finetune needs the workload's training split; add 'train' to its data.")
     if ctx.task == "embedding":

@@ -14,7 +14,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fulcrum.errors import TechniqueError
 from fulcrum.techniques.base import (
     Candidate,
     Context,
@@ -106,8 +105,7 @@ def _replacement(module: nn.Module, config: LowRankConfig) -> nn.Module | None:
 
 
 def apply(config: LowRankConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    if candidate.final:
-        raise TechniqueError("lowrank cannot follow quantize: put quantize last in the recipe.")
+    candidate.require_float("lowrank")
     start = time.perf_counter()
     model = copy_model(candidate.model)
     skipped = set(config.skip)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fulcrum.errors import ConfigError, TechniqueError
+from fulcrum.errors import ConfigError, TechniqueError, first_line
 from fulcrum.runtimes import as_inputs, output_tensor
 from fulcrum.techniques.base import (
     Candidate,
@@ -123,7 +123,7 @@ def _untraceable(
     finally:
         for h in hooks:
             h.remove()
-    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc, 200)
     where = f"at layer {failed[0]!r}" if failed and failed[0] else "in the model's forward"
     fix = (
         f"exclude it with prune:skip={failed[0]}"
@@ -136,8 +136,7 @@ def _untraceable(
 def apply(config: PruneConfig, candidate: Candidate, ctx: Context) -> Candidate:
     import torch_pruning as tp
 
-    if candidate.final:
-        raise TechniqueError("prune cannot follow quantize: put quantize last in the recipe.")
+    candidate.require_float("prune")
     start = time.perf_counter()
     model = copy_model(candidate.model)
     inputs = as_inputs(ctx.example_inputs)

@@ -55,8 +55,7 @@ def gzip_bytes(model: nn.Module) -> int:
 
 
 def apply(config: SparsityConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    if candidate.final:
-        raise TechniqueError("sparsify cannot follow quantize: put quantize last in the recipe.")
+    candidate.require_float("sparsify")
     start = time.perf_counter()
     model = copy_model(candidate.model)
     skipped = {id(m) for m in find_modules(model, config.skip)}

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fulcrum.errors import ConfigError, OnnxError, ShapeError, suggest
+from fulcrum.errors import ConfigError, OnnxError, ShapeError, first_line, suggest
 from fulcrum.runtimes import OnnxModel, check_example_inputs
 from fulcrum.workloads.base import SPLITS, Workload, check_task, first_inputs, to_loader
 from fulcrum.workloads.checkpoint import load_into
@@ -183,7 +183,7 @@ def check_onnx(path: Path) -> Path:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 300)
         raise OnnxError(
             f"{path.name} is not a valid ONNX model (onnx.checker: {first}); re-export it from its framework."
         ) from None
