@@ -191,10 +191,27 @@ def test_two_input_model_calibrates_on_tuple_batches():
     ctx = Context(task="multiclass", example_inputs=(x[:1], z[:1]), calib=batches, threads=2)
     candidate = apply(QuantizeConfig(calib_batches=2), Candidate(model=model), ctx)
     assert candidate.steps[-1].facts["calib_batches"] == 2
+    # the same function with one input (x and z concatenated), calibrated on the same samples:
+    # tuple batches must calibrate as well as plain ones
+    single = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
+    with torch.no_grad():
+        single[0].weight.copy_(torch.cat([model.a.weight, model.b.weight], dim=1))
+        single[0].bias.copy_(model.a.bias + model.b.bias)
+        single[2].load_state_dict(model.out.state_dict())
+    xz = torch.cat([x, z], dim=1)
+    plain = [(xb, yb) for xb, yb in DataLoader(TensorDataset(xz, y), batch_size=16)]
+    ctx_single = Context(task="multiclass", example_inputs=(xz[:1],), calib=plain, threads=2)
+    reference_int8 = apply(QuantizeConfig(calib_batches=2), Candidate(model=single), ctx_single)
     with torch.no_grad():
         reference = model(x, z)
-    approx = OnnxModel(candidate.onnx, threads=2)(x, z)
-    assert nn.functional.cosine_similarity(reference, approx, dim=1).mean() > MIN_COSINE
+    cosine = nn.functional.cosine_similarity(
+        reference, OnnxModel(candidate.onnx, threads=2)(x, z), dim=1
+    ).mean()
+    cosine_single = nn.functional.cosine_similarity(
+        reference, OnnxModel(reference_int8.onnx, threads=2)(xz), dim=1
+    ).mean()
+    assert cosine > 0.95
+    assert cosine > cosine_single - 0.01
 
 
 def test_skipped_layers_stay_float():

@@ -6,6 +6,7 @@ use (fine-tuning's early stopping does); this module is where models are run to 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -38,7 +39,7 @@ def evaluate(
     if not batches:
         raise DataError("The validation data has zero samples; give the split at least one batch.")
     outputs, targets = predict(model, batches, threads)
-    ref = predict(reference, batches, threads)[0] if reference is not None else None
+    ref = reference_outputs(reference, data, batches, threads) if reference is not None else None
     result = compute(
         task, targets, outputs, num_classes=num_classes, reference=ref, threshold=threshold
     )
@@ -49,6 +50,29 @@ def evaluate(
     values = dict(extra) if isinstance(extra, Mapping) else {name: extra}
     merged = {**result.metrics, **{k: finite_or_none(v) for k, v in values.items()}}
     return replace(result, metrics=merged)
+
+
+_REFERENCE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def reference_outputs(
+    reference: Any, data: Any, batches: list[Any], threads: int | None
+) -> np.ndarray:
+    """The reference model's outputs on ``data``, computed once per (reference, data) pair.
+
+    A search judges every candidate against the same original model on the same split; running
+    the original again for each candidate would double the cost of evaluating a transformer.
+    Only objects that can be weakly referenced (models, DataLoaders) are cached.
+    """
+    from fulcrum.runtimes import predict
+
+    try:
+        per_data = _REFERENCE.setdefault(reference, weakref.WeakKeyDictionary())
+        if data not in per_data:
+            per_data[data] = predict(reference, batches, threads)[0]
+        return np.asarray(per_data[data])
+    except TypeError:  # a list or another object without weak references: no cache
+        return predict(reference, batches, threads)[0]
 
 
 def evaluate_workload(

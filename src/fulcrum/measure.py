@@ -1,8 +1,9 @@
 """How big, how costly and how fast a model is: ``profile(model, example_inputs)``.
 
 Conventions: MACs are multiply-accumulates; FLOPs = 2 x MACs. Compute is counted by
-``torch.utils.flop_counter`` on a copy of the model on the meta device (no real arithmetic, so
-BERT-base profiles in well under a second), or from the ONNX graph for ONNX models. Latency is
+``torch.utils.flop_counter`` on a copy of the model on the meta device (no real arithmetic), or
+in one real forward pass where the model's code needs real values (attention masks), or from the
+ONNX graph for ONNX models; ``Profile.counted_on`` says which. Latency is
 measured after warm-up with every (runtime, batch size) pair timed in interleaved rounds in one
 process, so that machine drift affects all of them alike.
 """
@@ -73,6 +74,9 @@ class Profile:
     threads: int = 1
     flop_convention: str = FLOP_CONVENTION
     environment: dict[str, str] = field(default_factory=dict)
+    # "meta": counted on a meta-device copy; "forward": one pass on the real example inputs;
+    # "graph": from an ONNX graph's shapes
+    counted_on: str = "meta"
 
     @property
     def model_bytes(self) -> int:
@@ -143,17 +147,44 @@ def bytes_by_dtype(model: nn.Module) -> dict[str, int]:
 
 
 def safetensors_bytes(model: nn.Module) -> int:
-    """Size of the model's state dict serialized as safetensors."""
-    from safetensors.torch import save
+    """Bytes of the model's state dict as a safetensors file, computed without writing it.
 
+    The file is an 8-byte length, a JSON header padded to 8 bytes, then the tensors' data;
+    tied tensors are stored once (what ``safetensors_state`` keeps).
+    """
+    import json
+
+    state = safetensors_state(model)
+    dtype_names = {
+        torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+        torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+        torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    }  # fmt: skip
+    order = sorted(state.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, tensor in order:
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": dtype_names.get(tensor.dtype, str(tensor.dtype)),
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = len(json.dumps(header, separators=(",", ":")).encode())
+    return 8 + text + (-text % 8) + offset
+
+
+def safetensors_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors stores it: detached, with tied tensors kept once."""
     seen: set[int] = set()
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         if tensor.data_ptr() in seen and tensor.numel():
             continue  # tied weights are stored once
         seen.add(tensor.data_ptr())
-        state[name] = tensor.detach().contiguous()
-    return len(save(state))
+        state[name] = tensor.detach()
+    return state
 
 
 # -- compute ----------------------------------------------------------------------------------
@@ -166,26 +197,69 @@ def _op_name(op: Any) -> str:
 def torch_compute(
     model: nn.Module, example_inputs: Sequence[torch.Tensor]
 ) -> tuple[int, dict[str, int], list[Layer]]:
-    """MACs in total, by op type and by layer, counted on a meta-device copy of ``model``."""
+    """MACs in total, by op type and by layer (see ``count_compute``, which also says how)."""
+    macs, by_op, layers, _how = count_compute(model, example_inputs)
+    return macs, by_op, layers
+
+
+def count_compute(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor]
+) -> tuple[int, dict[str, int], list[Layer], str]:
+    """MACs in total, by op type and by layer, and how they were counted.
+
+    Counting runs on a meta-device copy of ``model`` (no arithmetic, no memory): ``"meta"``.
+    Code that needs real values (``.item()``, data-dependent masks, as in ``transformers``)
+    cannot run there; then one forward pass on the real example inputs is counted: ``"forward"``.
+    """
+    try:
+        meta = copy.deepcopy(model).to("meta").eval()
+        counted = _count(meta, tuple(x.to("meta") for x in example_inputs), model)
+        return (*counted, "meta")
+    except Exception:  # any failure on meta tensors: count on real ones instead
+        pass
+    was_training = model.training
+    try:
+        return (*_count(model.eval(), tuple(example_inputs), model), "forward")
+    except (RuntimeError, ValueError, IndexError, NotImplementedError, TypeError) as exc:
+        raise runtimes.input_shape_error(example_inputs, exc) from None
+    finally:
+        model.train(was_training)
+
+
+def _extra_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas torch's counter lacks: the CPU kernel of scaled dot-product attention, which
+    a real forward pass runs (on the meta device attention decomposes into counted matmuls)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None:
+        return {}
+
+    def attention(query: Any, key: Any, value: Any, *_args: Any, **_kwargs: Any) -> int:
+        return int(sdpa_flop_count(query, key, value))
+
+    return {op: attention}
+
+
+def _count(
+    runnable: nn.Module, inputs: tuple[torch.Tensor, ...], model: nn.Module
+) -> tuple[int, dict[str, int], list[Layer]]:
+    """Run ``runnable`` (``model`` or its meta copy) once under the FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    meta = copy.deepcopy(model).to("meta").eval()
-    inputs = tuple(x.to("meta") for x in example_inputs)
     shapes: dict[str, list[int]] = {}
     hooks = []
-    for name, module in meta.named_modules():
+    for name, module in runnable.named_modules():
 
         def record(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
             with contextlib.suppress(TypeError):
                 shapes[name] = list(runtimes.output_tensor(out).shape)
 
         hooks.append(module.register_forward_hook(record))
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
     try:
         with counter, torch.no_grad():
-            meta(*inputs)
-    except (RuntimeError, ValueError, IndexError, NotImplementedError) as exc:
-        raise runtimes.input_shape_error(example_inputs, exc) from None
+            runnable(*inputs)
     finally:
         for h in hooks:
             h.remove()
@@ -194,7 +268,7 @@ def torch_compute(
     by_op: dict[str, int] = {}
     for op, flops in counts.get("Global", {}).items():
         by_op[_op_name(op)] = by_op.get(_op_name(op), 0) + flops // 2
-    root = type(meta).__name__
+    root = type(runnable).__name__
 
     modules = dict(model.named_modules())
 
@@ -412,6 +486,9 @@ def profile(
 ) -> Profile:
     """Measure size, compute, latency and peak memory of ``model`` on ``example_inputs``.
 
+    With ``latency=False`` only size and compute are measured: nothing is exported, run on
+    a runtime or timed, so even BERT-base takes seconds.
+
     >>> p = profile(torch.nn.Linear(4, 2), torch.zeros(1, 4), latency=False)
     >>> p.params_total, p.macs
     (10, 8)
@@ -436,28 +513,28 @@ def profile(
     threads = threads or runtimes.default_threads()
     model = model.eval()
     total, trainable, nonzero = parameter_counts(model)
-    macs, by_op, layers = torch_compute(model, inputs)
+    macs, by_op, layers, counted_on = count_compute(model, inputs)
     artifact = {"safetensors": safetensors_bytes(model)}
     largest = runtimes.with_batch(inputs, max(batch_sizes))
     peak: dict[str, int] = {}
-    onnx_model: OnnxModel | None = None
-    tmp = tempfile.TemporaryDirectory(prefix="fulcrum-profile-")
-    try:
-        if "onnxruntime" in runtimes_:
-            path = runtimes.export_onnx(
-                model, runtimes.with_batch(inputs, 1), Path(tmp.name) / "model.onnx"
-            )
-            artifact["onnx"] = sum(p.stat().st_size for p in Path(tmp.name).iterdir())
-            ort_peak = rss_peak_increase(lambda: OnnxModel(path, threads)(*largest))
-            if ort_peak is not None:
-                peak["onnxruntime"] = ort_peak
-            onnx_model = OnnxModel(path, threads)
-        with runtimes.torch_threads(threads):
-            if "torch" in runtimes_:
-                activations = torch_peak_activation_bytes(model, largest)
-                peak["torch"] = sum(bytes_by_dtype(model).values()) + activations
-            lat: list[Latency] = []
-            if latency:
+    lat: list[Latency] = []
+    # without latency, nothing is run or serialized beyond the count: no export, no memory
+    if latency:
+        with tempfile.TemporaryDirectory(prefix="fulcrum-profile-") as tmp:
+            onnx_model: OnnxModel | None = None
+            if "onnxruntime" in runtimes_:
+                path = runtimes.export_onnx(
+                    model, runtimes.with_batch(inputs, 1), Path(tmp) / "model.onnx"
+                )
+                artifact["onnx"] = sum(p.stat().st_size for p in Path(tmp).iterdir())
+                ort_peak = rss_peak_increase(lambda: OnnxModel(path, threads)(*largest))
+                if ort_peak is not None:
+                    peak["onnxruntime"] = ort_peak
+                onnx_model = OnnxModel(path, threads)
+            with runtimes.torch_threads(threads):
+                if "torch" in runtimes_:
+                    activations = torch_peak_activation_bytes(model, largest)
+                    peak["torch"] = sum(bytes_by_dtype(model).values()) + activations
                 calls: dict[tuple[str, int], Callable[[], object]] = {}
                 for b in batch_sizes:
                     batch = runtimes.with_batch(inputs, b)
@@ -467,8 +544,6 @@ def profile(
                         calls[("onnxruntime", b)] = _bind(onnx_model, batch)
                 times = time_interleaved(calls, seconds=seconds)
                 lat = [summarize(rt, b, threads, times[(rt, b)]) for rt, b in calls]
-    finally:
-        tmp.cleanup()
     return Profile(
         model=type(model).__name__,
         input_shapes=[list(x.shape) for x in inputs],
@@ -485,6 +560,7 @@ def profile(
         peak_memory_bytes=peak,
         threads=threads,
         environment=environment(threads),
+        counted_on=counted_on,
     )
 
 
@@ -551,6 +627,7 @@ def profile_onnx(
         peak_memory_bytes={"onnxruntime": peak} if peak is not None else {},
         threads=threads,
         environment=environment(threads),
+        counted_on="graph",
     )
 
 
@@ -615,7 +692,13 @@ def render(p: Profile, console: Any = None, max_rows: int = 40) -> None:
     summary.add_row(
         "artifact on disk", ", ".join(f"{k}: {human_bytes(v)}" for k, v in p.artifact_bytes.items())
     )
+    counted = {
+        "meta": "on the meta device",
+        "forward": "in one forward pass on the example inputs (the meta device could not run it)",
+        "graph": "from the ONNX graph",
+    }.get(p.counted_on, p.counted_on)
     summary.add_row(f"MACs ({p.flop_convention})", f"{human(p.macs)} MACs = {human(p.flops)} FLOPs")
+    summary.add_row("MACs counted", counted)
     top_ops = sorted(p.macs_by_op.items(), key=lambda kv: -kv[1])[:6]
     summary.add_row("MACs by op", ", ".join(f"{k}: {human(v)}" for k, v in top_ops) or "-")
     summary.add_row(

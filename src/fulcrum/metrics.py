@@ -214,8 +214,16 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Evaluation:
     return Evaluation("regression", m, tuple(notes), n_samples=len(y))
 
 
-def embedding_metrics(outputs: np.ndarray, reference: np.ndarray) -> Evaluation:
-    """Per-row cosine similarity and MSE of embeddings against reference embeddings."""
+def embedding_metrics(
+    outputs: np.ndarray, reference: np.ndarray, neighbours: int = 10
+) -> Evaluation:
+    """How faithful embeddings are to reference embeddings of the same inputs.
+
+    Per-row cosine similarity (mean, 5th percentile, minimum), MSE, and retrieval agreement:
+    the mean overlap of each row's ``neighbours`` nearest rows (by cosine, itself excluded)
+    under the outputs and under the reference — whether a search index built on the
+    compressed model returns what the original would.
+    """
     out, ref = np.asarray(outputs), np.asarray(reference)
     if out.shape != ref.shape or out.ndim < 2:
         raise DataError(
@@ -227,10 +235,36 @@ def embedding_metrics(outputs: np.ndarray, reference: np.ndarray) -> Evaluation:
     cos = 1.0 - paired_cosine_distances(out, ref)
     m: dict[str, float | None] = {
         "cosine_mean": finite_or_none(cos.mean()),
+        "cosine_p5": finite_or_none(np.percentile(cos, 5)),
         "cosine_min": finite_or_none(cos.min()),
         "mse": finite_or_none(skm.mean_squared_error(ref, out)),
     }
-    return Evaluation("embedding", m, n_samples=len(out))
+    notes: list[str] = []
+    k = min(neighbours, len(out) - 1)
+    if k >= 1:
+        m[f"retrieval_at_{neighbours}"] = finite_or_none(_neighbour_overlap(out, ref, k))
+        if k < neighbours:
+            notes.append(f"retrieval_at_{neighbours} uses {k} neighbours: only {len(out)} rows")
+    else:
+        m[f"retrieval_at_{neighbours}"] = None
+        notes.append(f"retrieval_at_{neighbours} undefined: needs at least 2 rows")
+    return Evaluation("embedding", m, tuple(notes), n_samples=len(out))
+
+
+def _neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Mean fraction of each row's ``k`` nearest neighbours that ``a`` and ``b`` share."""
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+
+    na, nb = nearest(a), nearest(b)
+    shared = [
+        len(np.intersect1d(ra, rb, assume_unique=True)) for ra, rb in zip(na, nb, strict=True)
+    ]
+    return float(np.mean(shared) / k)
 
 
 def compute(

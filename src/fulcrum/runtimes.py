@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,16 +89,53 @@ def input_shape_error(
     )
 
 
-def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path) -> Path:
-    """Export ``model`` to ONNX at ``path`` with a dynamic batch axis on every input.
+def input_names(model: nn.Module, count: int) -> list[str]:
+    """The names of ``model``'s first ``count`` forward arguments: what its ONNX inputs are called.
 
-    Uses the dynamo exporter and falls back to the TorchScript one for models it cannot trace.
+    A forward that takes ``*args`` (or fewer named arguments) gives ``input_0``, ``input_1``, ...
+    """
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        positional.append(p.name)
+    if len(positional) >= count:
+        return positional[:count]
+    return [f"input_{i}" for i in range(count)] if count > 1 else ["input"]
+
+
+def dynamic_axes(inputs: Sequence[torch.Tensor]) -> list[dict[int, str]]:
+    """Axes that vary between calls: the batch, and the sequence of token inputs (2-D integers)."""
+    return [
+        {0: "batch", 1: "sequence"} if x.ndim == 2 and not x.is_floating_point() else {0: "batch"}
+        for x in inputs
+    ]
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    path: Path,
+    names: Sequence[str] | None = None,
+) -> Path:
+    """Export ``model`` to ONNX at ``path``; inputs keep the forward's argument names.
+
+    The batch axis is dynamic, and so is the sequence axis of token inputs (2-D integer tensors).
+    Uses the dynamo exporter (with the batch axis alone dynamic when the sequence cannot be), and
+    falls back to the TorchScript one for models it cannot trace.
     """
     was_training = model.training
     model.eval()  # restored below: the caller's model keeps its mode
     # a batch of 2: with 1, torch.export specializes the batch axis to the constant 1
     inputs = with_batch(tuple(example_inputs), 2)
-    names = [f"input_{i}" for i in range(len(inputs))] if len(inputs) > 1 else ["input"]
+    names = list(names) if names is not None else input_names(model, len(inputs))
+    axes = dynamic_axes(inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     loggers = [
         logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")
@@ -106,35 +143,80 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
+
+    def dynamo(varying: list[dict[int, str]], named: bool = True) -> None:
+        # named dims tie every input's batch (and sequence) together; AUTO lets the exporter
+        # find the ranges itself where a named dim's range is refused (max positions, say)
+        dims = {
+            "batch": torch.export.Dim("batch", min=1, max=65536),
+            "sequence": torch.export.Dim("sequence", min=1, max=65536),
+        }
+        torch.onnx.export(
+            model,
+            inputs,
+            str(path),
+            dynamo=True,
+            input_names=names,
+            dynamic_shapes=tuple(
+                {a: dims[n] if named else torch.export.Dim.AUTO for a, n in ax.items()}
+                for ax in varying
+            ),
+            verbose=False,
+        )
+
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
             warnings.simplefilter("ignore")
-            try:
-                batch = torch.export.Dim("batch", min=1, max=65536)
-                torch.onnx.export(
-                    model,
-                    inputs,
-                    str(path),
-                    dynamo=True,
-                    input_names=names,
-                    dynamic_shapes=tuple({0: batch} for _ in inputs),
-                    verbose=False,
-                )
-            except Exception:
-                torch.onnx.export(
+            attempts: list[Callable[[], object]] = [
+                lambda: dynamo(axes),
+                lambda: dynamo(axes, named=False),
+                lambda: dynamo([{0: "batch"} for _ in inputs]),
+            ]
+            attempts.append(
+                lambda: torch.onnx.export(
                     model,
                     inputs,
                     str(path),
                     dynamo=False,
                     input_names=names,
                     output_names=["output"],
-                    dynamic_axes={n: {0: "batch"} for n in names},
+                    dynamic_axes={n: ax for n, ax in zip(names, axes, strict=True)},
                 )
+            )
+            for i, attempt in enumerate(attempts):
+                try:
+                    attempt()
+                    break
+                except Exception:
+                    if i == len(attempts) - 1:
+                        raise
     finally:
         model.train(was_training)
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+    _name_axes(path, axes)
     return path
+
+
+def _name_axes(path: Path, axes: Sequence[dict[int, str]]) -> None:
+    """Call the exporter's symbolic dimensions (``s43``) of the inputs ``batch`` and ``sequence``."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    init = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in init]
+    rename: dict[str, str] = {}
+    for value, ax in zip(inputs, axes, strict=False):
+        for index, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.dim_param and index in ax:
+                rename.setdefault(dim.dim_param, ax[index])
+    if not rename or all(k == v for k, v in rename.items()):
+        return
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+    onnx.save(proto, str(path))
 
 
 def ort_session(path: Path | str | bytes, threads: int | None = None) -> Any:

@@ -107,10 +107,15 @@ def holdout(
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
     kept, held = Subset(train.dataset, order[n_hold:]), Subset(train.dataset, order[:n_hold])
     batch = train.batch_size or 64
+    collate = train.collate_fn  # token batches are padded by the workload's own collate
     fit_loader = DataLoader(
-        kept, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        kept,
+        batch_size=batch,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate,
     )
-    return fit_loader, DataLoader(held, batch_size=256)
+    return fit_loader, DataLoader(held, batch_size=256, collate_fn=collate)
 
 
 def score(

