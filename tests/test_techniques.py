@@ -13,8 +13,10 @@ from fulcrum.techniques.sparsity import SparsityConfig
 from fulcrum.testing import check_technique, tiny_cnn, tiny_context, tiny_mlp
 
 
-@pytest.mark.parametrize("kind", ["cnn", "mlp"])
-@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [(name, kind) for name in sorted(TECHNIQUES) for kind in TECHNIQUES[name].contract_kinds],
+)
 def test_every_technique_keeps_the_contract(name, kind):
     check_technique(get(name), kind)
 

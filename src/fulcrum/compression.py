@@ -77,12 +77,18 @@ def recipe_from(spec: str) -> Recipe:
 
 
 def check_order(recipe: Recipe) -> Recipe:
-    """Quantization turns the model into an int8 graph: nothing can be applied after it."""
+    """PyTorch steps first, then graph steps (``fuse``), then at most one ``quantize``, last."""
     for i, config in enumerate(recipe[:-1]):
+        after = recipe[i + 1]
         if config.name == "quantize":
             raise ConfigError(
                 f"recipe step {i + 1} ({config}) must be the last: nothing can follow quantize; "
-                f"move '{recipe[i + 1].name}' before it."
+                f"move '{after.name}' before it."
+            )
+        if get(config.name).acts_on == "onnx" and get(after.name).acts_on == "torch":
+            raise ConfigError(
+                f"recipe step {i + 2} ({after.name}) changes the PyTorch model, but step {i + 1} "
+                f"({config.name}) already turned it into an ONNX graph; move '{after.name}' before it."
             )
     return recipe
 

@@ -194,12 +194,19 @@ def export_onnx(
         model.train(was_training)
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-    _name_axes(path, axes)
+    _tidy(path, axes)
     return path
 
 
-def _name_axes(path: Path, axes: Sequence[dict[int, str]]) -> None:
-    """Call the exporter's symbolic dimensions (``s43``) of the inputs ``batch`` and ``sequence``."""
+KEPT_METADATA = (
+    "pkg.torch.onnx.name_scopes",
+)  # which PyTorch module made a node (quantize's skip)
+
+
+def _tidy(path: Path, axes: Sequence[dict[int, str]]) -> None:
+    """Name the inputs' symbolic dimensions (``s43``) ``batch`` and ``sequence``, and drop the
+    exporter's per-node debugging metadata (stack traces, FX nodes): it would ship in the file
+    (for a small model, more bytes than the weights) and count against its size."""
     import onnx
 
     proto = onnx.load(str(path))
@@ -210,12 +217,14 @@ def _name_axes(path: Path, axes: Sequence[dict[int, str]]) -> None:
         for index, dim in enumerate(value.type.tensor_type.shape.dim):
             if dim.dim_param and index in ax:
                 rename.setdefault(dim.dim_param, ax[index])
-    if not rename or all(k == v for k, v in rename.items()):
-        return
     for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in rename:
                 dim.dim_param = rename[dim.dim_param]
+    for node in proto.graph.node:
+        kept = [p for p in node.metadata_props if p.key in KEPT_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
     onnx.save(proto, str(path))
 
 

@@ -102,8 +102,14 @@ class SearchSettings:
 # -- the search space ---------------------------------------------------------------------------
 
 
-def suggest_recipe(trial: Any, settings: SearchSettings) -> tuple[Any, ...]:
-    """A recipe drawn from the technique registry's spaces, in the one order that works."""
+def suggest_recipe(
+    trial: Any, settings: SearchSettings, task: str = "multiclass", transformer: bool = False
+) -> tuple[Any, ...]:
+    """A recipe drawn from the technique registry's spaces, in the one order that works.
+
+    Recovery by fine-tuning needs labels, so an embedding task recovers by distillation only;
+    graph fusion is drawn for transformers (the patterns it fuses), on ONNX Runtime.
+    """
     from fulcrum.techniques import get
 
     steps: list[Any] = []
@@ -112,14 +118,18 @@ def suggest_recipe(trial: Any, settings: SearchSettings) -> tuple[Any, ...]:
     if trial.suggest_categorical("use_lowrank", [False, True]):
         steps.append(get("lowrank").space(trial))
     if steps:  # something lossy happened: recover, or not
-        recovery = trial.suggest_categorical("recovery", ["distill", "finetune", "none"])
+        if task == "embedding":  # a distribution's choices are fixed per name, hence two names
+            recovery = trial.suggest_categorical("recovery.unlabelled", ["distill", "none"])
+        else:
+            recovery = trial.suggest_categorical("recovery", ["distill", "finetune", "none"])
         if recovery != "none":
             config: Any = get(recovery).space(trial)
             steps.append(replace(config, epochs=min(config.epochs, settings.max_epochs)))
-    if settings.runtime == "onnxruntime" and trial.suggest_categorical(
-        "use_quantize", [True, False]
-    ):
-        steps.append(get("quantize").space(trial))
+    if settings.runtime == "onnxruntime":
+        if transformer and trial.suggest_categorical("use_fuse", [True, False]):
+            steps.append(get("fuse").space(trial))
+        if trial.suggest_categorical("use_quantize", [True, False]):
+            steps.append(get("quantize").space(trial))
     return tuple(steps)
 
 
@@ -264,6 +274,9 @@ class Trialist:
         self.progress = progress or (lambda _m: None)
         self.cache: dict[str, Any] = {}
         self.base = measure_baseline(workload, settings, threads)
+        from fulcrum.techniques.fuse import has_attention
+
+        self.transformer = has_attention(workload.model)
 
     def objective(self, trial: Any) -> list[float]:
         import optuna
@@ -276,7 +289,7 @@ class Trialist:
 
         settings, workload = self.settings, self.workload
         start = time.perf_counter()
-        recipe = suggest_recipe(trial, settings)
+        recipe = suggest_recipe(trial, settings, workload.task, self.transformer)
         text = recipe_text(recipe)
         trial.set_user_attr("recipe", text)
         self.progress(f"trial {trial.number}: {text}")

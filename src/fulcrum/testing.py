@@ -55,21 +55,77 @@ def tiny_data(
     return TensorDataset(x, y)
 
 
-TINY: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
-    "cnn": (tiny_cnn, (3, 8, 8)),
-    "mlp": (tiny_mlp, (16,)),
+def tiny_bert(num_classes: int = 4) -> nn.Module:
+    """A 2-layer BERT classifier built from a ``transformers`` config (no weights downloaded),
+    taking ``(input_ids, attention_mask)``."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    config = transformers.BertConfig(
+        vocab_size=TOKENS,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    config.num_labels = num_classes
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+TOKENS, SEQUENCE = 60, 12
+
+
+class TokenData(torch.utils.data.Dataset):
+    """``((input_ids, attention_mask), label)`` samples: the label is which of four marker tokens
+    is most frequent; rows have different lengths (padding masked out)."""
+
+    def __init__(self, n: int = 96, num_classes: int = 4, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(num_classes + 1, TOKENS, (n, SEQUENCE), generator=g)
+        self.labels = torch.arange(n) % num_classes
+        self.mask = torch.ones(n, SEQUENCE, dtype=torch.long)
+        for i in range(n):
+            self.ids[i, torch.randperm(SEQUENCE, generator=g)[:4]] = int(self.labels[i]) + 1
+            cut = int(torch.randint(8, SEQUENCE + 1, (1,), generator=g))
+            self.mask[i, cut:] = 0
+            self.ids[i, cut:] = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return (self.ids[i], self.mask[i]), self.labels[i]
+
+
+def _dense_data(shape: tuple[int, ...]) -> Callable[[int, int], torch.utils.data.Dataset]:
+    return lambda n, seed: tiny_data(shape, n=n, seed=seed)
+
+
+# kind -> (model factory, dataset factory (n, seed))
+TINY: dict[str, tuple[Callable[[], nn.Module], Callable[[int, int], torch.utils.data.Dataset]]] = {
+    "cnn": (tiny_cnn, _dense_data((3, 8, 8))),
+    "mlp": (tiny_mlp, _dense_data((16,))),
+    "bert": (tiny_bert, lambda n, seed: TokenData(n=n, seed=seed)),
 }
 
 
+def _inputs(dataset: torch.utils.data.Dataset, count: int) -> tuple[torch.Tensor, ...]:
+    """The model inputs of the dataset's first ``count`` samples, batched."""
+    x = next(iter(DataLoader(dataset, batch_size=count)))[0]
+    return tuple(x) if isinstance(x, list | tuple) else (x,)
+
+
 def tiny_context(kind: str, model: nn.Module) -> Context:
-    data = tiny_data(TINY[kind][1])
+    data = TINY[kind][1](96, 0)
     train = DataLoader(
         data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
-    val = DataLoader(tiny_data(TINY[kind][1], seed=1, n=32), batch_size=32)
+    val = DataLoader(TINY[kind][1](32, 1), batch_size=32)
     return Context(
         task="multiclass",
-        example_inputs=(data.tensors[0][:1],),
+        example_inputs=_inputs(data, 1),
         train=train,
         val=val,
         calib=DataLoader(data, batch_size=16),
@@ -101,16 +157,38 @@ def _size(candidate: Candidate, inputs: tuple[torch.Tensor, ...]) -> dict[str, i
     }
 
 
+class EdgeTrial:
+    """A stand-in for an Optuna trial that draws the lowest (or highest) value of every range."""
+
+    def __init__(self, pick: str = "low") -> None:
+        self.high = pick == "high"
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return high if self.high else low
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        return high if self.high else low
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return list(choices)[-1 if self.high else 0]
+
+
 def check_technique(
     technique: Technique, kind: str = "cnn", config: TechniqueConfig | None = None
 ) -> Candidate:
     """Apply ``technique`` to a tiny model and check every promise of the technique contract."""
-    factory, shape = TINY[kind]
+    from fulcrum.compression import parse_recipe
+
+    factory, dataset = TINY[kind]
     model = factory()
     ctx = tiny_context(kind, model)
     config = config or technique.config(**QUICK.get(technique.name, {}))
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
-    batch = (torch.randn(5, *shape, generator=torch.Generator().manual_seed(3)),)
+    batch = _inputs(dataset(5, 3), 5)
     reference = run_deployed(Candidate(model=model), batch)
     candidate = technique.apply(config, Candidate(model=model), ctx)
 
@@ -146,8 +224,10 @@ def check_technique(
     assert config_from_dict(config.to_dict()) == config, (
         f"{name}: config does not round-trip to_dict"
     )
-    from fulcrum.compression import parse_recipe
-
+    for pick in ("low", "high"):
+        drawn = technique.space(EdgeTrial(pick))
+        assert isinstance(drawn, technique.config), f"{name}: space() returned {drawn!r}"
+        assert parse_recipe(str(drawn)) == (drawn,), f"{name}: space() config is not a recipe"
     assert parse_recipe(str(config)) == (config,), (
         f"{name}: config does not round-trip its recipe text"
     )

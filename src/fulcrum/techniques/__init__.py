@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from fulcrum.techniques import distill, finetune, lowrank, prune, quantize, sparsity  # noqa: F401  (register)
+from fulcrum.techniques import (  # noqa: F401  (register)
+    distill,
+    finetune,
+    fuse,
+    lowrank,
+    prune,
+    quantize,
+    sparsity,
+)
 from fulcrum.techniques.base import (
     TECHNIQUES,
     Candidate,

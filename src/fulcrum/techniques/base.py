@@ -171,16 +171,22 @@ class Candidate:
         return dataclasses.replace(self, steps=(*self.steps, step), **changes)
 
     def require_float(self, technique: str) -> None:
-        """Refuse to continue from a quantized graph: ``technique`` works on the PyTorch model."""
+        """Refuse to continue from an ONNX graph: ``technique`` works on the PyTorch model."""
         if self.final:
+            done = ", ".join(s.config.get("type", "?") for s in self.steps if s.facts.get("graph"))
             raise TechniqueError(
-                f"{technique} cannot follow quantize: put quantize last in the recipe."
+                f"{technique} works on the PyTorch model, which this recipe already turned into "
+                f"an ONNX graph ({done or 'quantize'}); put {technique} before those steps."
             )
 
     @property
     def final(self) -> bool:
-        """True once the model has left PyTorch (quantized to an ONNX graph): nothing can follow."""
+        """True once the model has left PyTorch for an ONNX graph (fused or quantized)."""
         return self.onnx is not None
+
+    @property
+    def quantized(self) -> bool:
+        return any(s.config.get("type") == "quantize" for s in self.steps)
 
 
 @dataclass(frozen=True)
@@ -216,12 +222,23 @@ class Technique:
     # "artifact" (bytes of the deployed file) or "" (nothing by itself, e.g. fine-tuning)
     reduces: str = ""
     invalid: dict[str, Any] = field(default_factory=dict)  # a parameter value it must refuse
+    # "torch": changes the PyTorch model; "onnx": works on the exported graph, so only other
+    # "onnx" steps can follow it in a recipe
+    acts_on: str = "torch"
+    # the tiny model kinds of ``fulcrum.testing`` the contract suite checks it on
+    contract_kinds: tuple[str, ...] = ("cnn", "mlp")
 
 
 TECHNIQUES: dict[str, Technique] = {}
 
 
 def register(technique: Technique) -> Technique:
+    """Add ``technique`` to the registry; a second technique under the same name is refused."""
+    existing = TECHNIQUES.get(technique.name)
+    if existing is not None and existing.apply is not technique.apply:
+        raise ConfigError(
+            f"a technique named {technique.name!r} is already registered; choose another name."
+        )
     TECHNIQUES[technique.name] = technique
     return technique
 

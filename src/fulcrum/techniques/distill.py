@@ -134,5 +134,6 @@ TECHNIQUE = register(
         speeds_up="",
         reduces="",
         invalid={"temperature": 0.5},
+        contract_kinds=("cnn", "mlp", "bert"),
     )
 )

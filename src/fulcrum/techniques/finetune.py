@@ -93,5 +93,6 @@ TECHNIQUE = register(
         speeds_up="",
         reduces="",
         invalid={"epochs": 0},
+        contract_kinds=("cnn", "mlp", "bert"),
     )
 )

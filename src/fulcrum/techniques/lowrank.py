@@ -157,5 +157,6 @@ TECHNIQUE = register(
         speeds_up="torch, onnxruntime",
         reduces="params",
         invalid={"rank_ratio": 0.0},
+        contract_kinds=("cnn", "mlp", "bert"),
     )
 )

