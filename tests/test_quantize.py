@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fulcrum.compression import onnx_bytes, parse_recipe
 from fulcrum.errors import ConfigError, TechniqueError
 from fulcrum.runtimes import OnnxModel
-from fulcrum.techniques.base import Candidate, Context
+from fulcrum.techniques.base import Candidate, Context, Step
 from fulcrum.techniques.quantize import TECHNIQUE, QuantizeConfig, apply, space
 from fulcrum.testing import check_technique
 
@@ -279,7 +279,8 @@ def test_bad_inputs_to_apply():
         apply(QuantizeConfig(skip=("1",)), Candidate(model=with_identity), context((32,)))
     with pytest.raises(TechniqueError, match="int8-static"):
         apply(QuantizeConfig(mode="int8-pt2e"), Candidate(model=model), context((32,)))
-    final = Candidate(model=model, onnx=b"graph", runtime="onnxruntime")
+    quantized = Step(config={"type": "quantize", "mode": "int8-static"}, seconds=0.0)
+    final = Candidate(model=model, onnx=b"graph", runtime="onnxruntime", steps=(quantized,))
     with pytest.raises(TechniqueError, match="must be the last step"):
         apply(QuantizeConfig(mode="int8-dynamic"), final, context((32,)))
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fulcrum.compression import parse_recipe
 from fulcrum.errors import ConfigError, TechniqueError
 from fulcrum.measure import parameter_counts, profile
 from fulcrum.techniques import TECHNIQUES, Candidate, Context, get
@@ -102,8 +103,15 @@ def test_distill_width_builds_a_narrower_student_and_needs_training_data():
         get("distill").apply(DistillConfig(epochs=1), Candidate(model=model), no_train)
 
 
-def test_nothing_follows_quantize():
+def test_nothing_that_changes_the_pytorch_model_follows_a_graph_step():
     model = tiny_mlp()
     final = Candidate(model=model, onnx=b"graph", runtime="onnxruntime")
-    with pytest.raises(TechniqueError, match="put quantize last"):
+    with pytest.raises(TechniqueError, match="put prune before those steps"):
         get("prune").apply(PruneConfig(), final, tiny_context("mlp", model))
+    with pytest.raises(ConfigError, match="move 'finetune' before it"):
+        parse_recipe("fuse > finetune:2")
+    assert [c.name for c in parse_recipe("prune:0.3 > fuse > quantize:int8-dynamic")] == [
+        "prune",
+        "fuse",
+        "quantize",
+    ]

@@ -115,8 +115,12 @@ def test_int8_dynamic_stores_embedding_tables_in_int8(text_toml):
     int8 = compress(workload.model, "fuse > quantize:int8-dynamic", workload)
     # ONNX Runtime stores a quantized Gather table as uint8 with a zero point
     assert _embedding_dtype(int8.onnx) in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-    kept = compress(workload.model, "fuse > quantize:int8-dynamic,embeddings=false", workload)
+    kept = compress(workload.model, "fuse > quantize:int8-dynamic,embeddings=float", workload)
     assert _embedding_dtype(kept.onnx) == onnx.TensorProto.FLOAT
+    four = compress(workload.model, "fuse > quantize:int8-dynamic,embeddings=int4", workload)
+    ops = {n.op_type for n in onnx.load_from_string(four.onnx).graph.node}
+    assert "GatherBlockQuantized" in ops and "QAttention" in ops  # fused attention, in int8
+    assert len(four.onnx) < len(int8.onnx) < len(kept.onnx)
     (ids, mask), _ = next(iter(workload.val))
     with torch.no_grad():
         expected = workload.model(ids, mask)

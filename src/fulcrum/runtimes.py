@@ -123,12 +123,14 @@ def export_onnx(
     example_inputs: Sequence[torch.Tensor],
     path: Path,
     names: Sequence[str] | None = None,
+    exporter: str = "dynamo",
 ) -> Path:
     """Export ``model`` to ONNX at ``path``; inputs keep the forward's argument names.
 
     The batch axis is dynamic, and so is the sequence axis of token inputs (2-D integer tensors).
     Uses the dynamo exporter (with the batch axis alone dynamic when the sequence cannot be), and
-    falls back to the TorchScript one for models it cannot trace.
+    falls back to the TorchScript one for models it cannot trace; ``exporter="torchscript"``
+    tries the TorchScript exporter first (its graphs match ONNX Runtime's fusion patterns).
     """
     was_training = model.training
     model.eval()  # restored below: the caller's model keeps its mode
@@ -172,17 +174,19 @@ def export_onnx(
                 lambda: dynamo(axes, named=False),
                 lambda: dynamo([{0: "batch"} for _ in inputs]),
             ]
-            attempts.append(
-                lambda: torch.onnx.export(
-                    model,
-                    inputs,
-                    str(path),
-                    dynamo=False,
-                    input_names=names,
-                    output_names=["output"],
-                    dynamic_axes={n: ax for n, ax in zip(names, axes, strict=True)},
-                )
+            torchscript = lambda: torch.onnx.export(  # noqa: E731
+                model,
+                inputs,
+                str(path),
+                dynamo=False,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes={n: ax for n, ax in zip(names, axes, strict=True)},
             )
+            if exporter == "torchscript":
+                attempts.insert(0, torchscript)
+            else:
+                attempts.append(torchscript)
             for i, attempt in enumerate(attempts):
                 try:
                     attempt()

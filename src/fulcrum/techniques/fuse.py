@@ -94,9 +94,16 @@ def _quiet() -> Iterator[None]:
 
 
 def fuse_graph(source: Path, model_type: str, heads: int, hidden: int, level: int) -> Any:
-    """ONNX Runtime's transformer optimizer on the ONNX file ``source``; its OnnxModel."""
-    from onnxruntime.transformers import optimizer
+    """ONNX Runtime's transformer optimizer on the ONNX file ``source``; its OnnxModel.
 
+    The embedding LayerNorm is not fused with the embedding lookups: fused, the tables could no
+    longer be quantized on their own (they are a third of a small encoder's weights).
+    """
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions(model_type)
+    options.enable_embed_layer_norm = False
     with _quiet():
         return optimizer.optimize_model(
             str(source),
@@ -105,7 +112,20 @@ def fuse_graph(source: Path, model_type: str, heads: int, hidden: int, level: in
             hidden_size=hidden,
             opt_level=level,
             use_gpu=False,
+            optimization_options=options,
         )
+
+
+def eager_attention(model: Any) -> Any:
+    """A copy of ``model`` whose ``transformers`` modules compute attention explicitly (eager):
+    the fused scaled-dot-product kernel exports to a pattern ONNX Runtime does not fuse."""
+    model = copy_model(model)
+    for module in model.modules():
+        setter = getattr(module, "set_attn_implementation", None)
+        if callable(setter):
+            with contextlib.suppress(Exception):
+                setter("eager")
+    return model
 
 
 def apply(config: FuseConfig, candidate: Candidate, ctx: Context) -> Candidate:
@@ -120,7 +140,13 @@ def apply(config: FuseConfig, candidate: Candidate, ctx: Context) -> Candidate:
         if candidate.onnx is not None:
             source.write_bytes(candidate.onnx)
         else:
-            export_onnx(copy_model(candidate.model), with_batch(ctx.example_inputs, 1), source)
+            with _quiet():  # the TorchScript exporter warns about traced Python conditions
+                export_onnx(
+                    eager_attention(candidate.model),
+                    with_batch(ctx.example_inputs, 1),
+                    source,
+                    exporter="torchscript",
+                )
         try:
             optimized = fuse_graph(source, model_type, heads, hidden, config.level)
         except Exception as exc:
@@ -129,7 +155,9 @@ def apply(config: FuseConfig, candidate: Candidate, ctx: Context) -> Candidate:
                 f"({first_line(exc, 200)}); leave fuse out of the recipe."
             ) from None
         stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-        data = optimized.model.SerializeToString()
+        target = Path(tmp) / "fused.onnx"
+        optimized.save_model_to_file(str(target))  # also declares the contrib-op domain
+        data = target.read_bytes()
     fused = {op: stats.get(op, 0) for op in FUSED_OPS if stats.get(op, 0)}
     notes = []
     if not fused:

@@ -50,6 +50,7 @@ from fulcrum.techniques.base import (
 
 MODES = ("int8-static", "int8-dynamic", "fp16", "int8-pt2e")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+EMBEDDINGS = ("int8", "int4", "float")
 # a 1-D float initializer this large is a weight (an embedding row, a norm scale), not a constant
 FP16_MIN_ELEMENTS = 1024
 
@@ -60,8 +61,9 @@ class QuantizeConfig(TechniqueConfig):
     (weights only: half the file) or int8-pt2e (PyTorch-native; not a recipe step yet).
 
     ``calibration`` and ``calib_batches`` apply to int8-static; ``skip`` names PyTorch layers
-    ("classifier.3") that stay in float; ``embeddings`` (int8-dynamic) stores embedding tables
-    (the weights of Gather nodes: a transformer's vocabulary) in int8 too.
+    ("classifier.3") that stay in float; ``embeddings`` (int8-dynamic) is how embedding tables
+    (the weights of Gather nodes: a transformer's vocabulary) are stored: ``int8``, ``int4``
+    (4-bit blocks of 32, ONNX Runtime's GatherBlockQuantized) or ``float``.
     """
 
     name: ClassVar[str] = "quantize"
@@ -71,7 +73,7 @@ class QuantizeConfig(TechniqueConfig):
     per_channel: bool = True
     calib_batches: int = 8
     skip: tuple[str, ...] = ()
-    embeddings: bool = True
+    embeddings: str = "int8"
 
     def __post_init__(self) -> None:
         if isinstance(self.skip, list):  # from Python or TOML; a frozen config keeps a tuple
@@ -81,6 +83,7 @@ class QuantizeConfig(TechniqueConfig):
     def validate(self) -> None:
         self.check_choice("mode", MODES)
         self.check_choice("calibration", CALIBRATIONS)
+        self.check_choice("embeddings", EMBEDDINGS)
         self.check_range("calib_batches", 1, 10000)
         if not isinstance(self.calib_batches, int):
             raise ConfigError(
@@ -186,7 +189,14 @@ def space(trial: Trial) -> QuantizeConfig:
         else "minmax"
     )
     per_channel = trial.suggest_categorical("quantize.per_channel", [True, False])
-    return QuantizeConfig(mode=mode, calibration=calibration, per_channel=per_channel)
+    embeddings = (
+        trial.suggest_categorical("quantize.embeddings", ["int8", "int4"])
+        if mode == "int8-dynamic"
+        else "int8"
+    )
+    return QuantizeConfig(
+        mode=mode, calibration=calibration, per_channel=per_channel, embeddings=embeddings
+    )
 
 
 def pt2e_quantize(
@@ -278,7 +288,10 @@ def _preprocess(source: Path, target: Path, notes: list[str]) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(source), str(target))
+        # auto_merge resolves the transformers position slicing; inside the temp folder, because
+        # a failed symbolic inference leaves its scratch files in the working directory
+        with contextlib.chdir(target.parent):
+            quant_pre_process(str(source), str(target), auto_merge=True)
         return target
     except Exception as exc:
         reason = first_line(exc, 120)
@@ -377,7 +390,10 @@ def _quantize_int8(
         # the dynamic quantizer rewrites each Gemm into a MatMul named "<gemm>_MatMul" first
         gemms = {n.name for n in graph.graph.node if n.op_type == "Gemm"}
         exclude = [*exclude, *(f"{name}_MatMul" for name in exclude if name in gemms)]
-        ops = ["MatMul", "Gemm", "Attention", *(["Gather"] if config.embeddings else [])]
+        if config.embeddings == "int4":
+            graph = _gather_int4(graph, exclude)
+            onnx.save(graph, str(source))
+        ops = ["MatMul", "Gemm", "Attention", *(["Gather"] if config.embeddings == "int8" else [])]
         q.quantize_dynamic(
             str(source),
             str(target),
@@ -386,7 +402,8 @@ def _quantize_int8(
             reduce_range=False,
             weight_type=q.QuantType.QInt8,
             nodes_to_exclude=exclude,
-            extra_options={"MatMulConstBOnly": True},
+            # DefaultTensorType: a fused graph's contrib ops have no type information
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         return _load(target)
     reader = _CalibrationReader(ctx.calib, graph, config.calib_batches)
@@ -416,6 +433,36 @@ def _quantize_int8(
             f"(calib_batches={config.calib_batches})"
         )
     return _load(target)
+
+
+def _gather_int4(graph: Any, exclude: Sequence[str]) -> Any:
+    """Embedding tables (Gather weights) in 4-bit blocks of 32 along the hidden axis."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    copied = onnx.ModelProto()
+    copied.CopyFrom(graph)  # the quantizer rewrites the model it is given
+    graph = copied
+    initializers = {t.name for t in graph.graph.initializer}
+    tables = [
+        n.name
+        for n in graph.graph.node
+        if n.op_type == "Gather" and n.input[0] in initializers and n.name not in exclude
+    ]
+    if not tables:
+        return graph
+    quantizer = MatMulNBitsQuantizer(
+        graph,
+        bits=4,
+        block_size=32,
+        is_symmetric=False,
+        accuracy_level=4,
+        op_types_to_quantize=("Gather",),
+        nodes_to_exclude=list(exclude),
+        quant_axes=(("Gather", 1),),
+    )
+    quantizer.process()
+    return quantizer.model.model
 
 
 def _module_scopes(node: Any) -> list[str]:
