@@ -58,9 +58,9 @@ def tiny_data(
 def tiny_bert(num_classes: int = 4) -> nn.Module:
     """A 2-layer BERT classifier built from a ``transformers`` config (no weights downloaded),
     taking ``(input_ids, attention_mask)``."""
-    import transformers
+    from fulcrum.workloads.text import transformers_module
 
-    transformers.logging.set_verbosity_error()
+    transformers = transformers_module()
     config = transformers.BertConfig(
         vocab_size=TOKENS,
         hidden_size=32,

@@ -92,13 +92,20 @@ class PadCollate:
 
 
 def transformers_module() -> Any:
+    """``transformers``, imported without the warnings its optional backends log on import
+    (torchao's missing GPU kernels); the logging state is restored afterwards."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         import transformers
+        import transformers.modeling_utils  # noqa: F401 - where the optional backends load
     except ImportError:
         raise MissingDependencyError(
             "text workloads need the transformers package; install it with "
             "pip install 'fulcrum[transformers]'."
         ) from None
+    finally:
+        logging.disable(disabled)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     return transformers
