@@ -115,3 +115,16 @@ def test_nothing_that_changes_the_pytorch_model_follows_a_graph_step():
         "fuse",
         "quantize",
     ]
+
+
+def test_taylor_pruning_of_an_embedding_model_needs_no_labels():
+    import dataclasses
+
+    from fulcrum.testing import tiny_bert
+
+    model = tiny_bert()
+    ctx = dataclasses.replace(tiny_context("bert", model), task="embedding")
+    out = get("prune").apply(
+        PruneConfig(ratio=0.3, importance="taylor", round_to=1), Candidate(model=model), ctx
+    )
+    assert parameter_counts(out.model)[0] < parameter_counts(model)[0]

@@ -173,7 +173,12 @@ def apply(config: PruneConfig, candidate: Candidate, ctx: Context) -> Candidate:
             )
         from fulcrum.train import loss_for
 
-        loss_fn = loss_for(ctx.task)
+        # an embedding task has no labels: rank by the gradient of the embeddings' energy
+        loss_fn = (
+            (lambda out, _y: out.pow(2).sum(-1).mean())
+            if ctx.task == "embedding"
+            else loss_for(ctx.task)
+        )
         model.zero_grad()
         for i, (x, y) in enumerate(ctx.train):
             if i >= config.taylor_batches:

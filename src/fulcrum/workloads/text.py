@@ -98,7 +98,7 @@ def transformers_module() -> Any:
     logging.disable(logging.WARNING)
     try:
         import transformers
-        import transformers.modeling_utils  # noqa: F401 - where the optional backends load
+        import transformers.modeling_utils  # where the optional backends load
     except ImportError:
         raise MissingDependencyError(
             "text workloads need the transformers package; install it with "
