@@ -271,3 +271,27 @@ def test_unreachable_storage_and_conflicting_study(capsys, search_dir):
     )
     err = capsys.readouterr().err
     assert code == 2 and "exists with objectives" in err
+
+
+def test_a_recipe_drawn_twice_is_measured_once(search_dir):
+    import optuna
+
+    out = search_dir / "dup"
+    out.mkdir()
+    study = optuna.create_study(
+        study_name="fulcrum",
+        storage=f"sqlite:///{out / 'study.db'}",
+        directions=["maximize", "minimize", "minimize"],
+    )
+    plain = {"use_prune": False, "use_lowrank": False, "use_quantize": True}
+    plain |= {"quantize.mode": "int8-dynamic", "quantize.per_channel": True}
+    plain |= {"quantize.embeddings": "int8"}
+    study.enqueue_trial(plain)
+    study.enqueue_trial(plain)
+    assert main(["search", *search_args(search_dir, "fast", out, "--trials", "3")]) == 0
+    trials = json.loads((out / "results.json").read_text())["trials"]
+    first, second = trials[0], trials[1]
+    assert first["recipe"] == second["recipe"] == "quantize:mode=int8-dynamic"
+    assert second["same_as"] == 0 and "same_as" not in first
+    assert second["latency_ms"] == first["latency_ms"]
+    assert (out / "trials" / "1" / "model.onnx").is_file()

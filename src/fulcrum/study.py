@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import multiprocessing
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -293,6 +294,22 @@ class Trialist:
         text = recipe_text(recipe)
         trial.set_user_attr("recipe", text)
         self.progress(f"trial {trial.number}: {text}")
+        earlier = same_recipe(trial, text)
+        if earlier is not None:  # the sampler drew a recipe already measured: reuse its figures
+            for key, value in earlier.user_attrs.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("recipe", text)
+            trial.set_user_attr("same_as", earlier.number)
+            self.progress(f"trial {trial.number}: same recipe as trial {earlier.number}, reused")
+            saved = self.run_dir / "trials" / str(earlier.number)
+            if saved.is_dir():  # so that this trial, too, can be picked and exported
+                shutil.copytree(
+                    saved, self.run_dir / "trials" / str(trial.number), dirs_exist_ok=True
+                )
+            recorded = {k: earlier.user_attrs[k] for k in OBJECTIVES if k in earlier.user_attrs}
+            for key, value in violations(recorded, self.reference["metric"], settings).items():
+                trial.set_constraint(key, value)
+            return list(earlier.values)
         floor = self.reference["metric"] - max(0.2, 5 * (settings.max_drop or 1.0) / 100)
 
         def cut_short(epoch: int, value: float) -> None:
@@ -355,6 +372,16 @@ class Trialist:
             trial.set_constraint(key, value)
         trial.set_user_attr("constraints", list(over.values()) or [0.0])
         return [values[o] for o in settings.objectives]
+
+
+def same_recipe(trial: Any, text: str) -> Any:
+    """A finished trial of this study that measured the recipe ``text`` already, if any."""
+    from optuna.trial import TrialState
+
+    for earlier in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if earlier.user_attrs.get("recipe") == text and earlier.number != trial.number:
+            return earlier
+    return None
 
 
 def violations(
