@@ -295,3 +295,42 @@ def test_a_recipe_drawn_twice_is_measured_once(search_dir):
     assert second["same_as"] == 0 and "same_as" not in first
     assert second["latency_ms"] == first["latency_ms"]
     assert (out / "trials" / "1" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("task", "transformer", "expected"),
+    [
+        (
+            "multiclass",
+            False,
+            [
+                "quantize:mode=int8-static",
+                "prune:ratio=0.3 > finetune:epochs=3 > quantize:mode=int8-static",
+                "prune > finetune:epochs=3 > quantize:mode=int8-static",
+            ],
+        ),
+        (
+            "embedding",
+            True,
+            [
+                "fuse > quantize:mode=int8-dynamic,embeddings=int4",
+                "prune:ratio=0.3 > distill:epochs=3 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
+                "prune > distill:epochs=3 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
+            ],
+        ),
+    ],
+)
+def test_warm_start_draws_int8_alone_then_pruning_with_recovery(task, transformer, expected):
+    from optuna.trial import FixedTrial
+
+    from fulcrum.compression import recipe_text
+    from fulcrum.study import suggest_recipe, warm_start
+
+    settings = SearchSettings(trials=20)
+    rest = {"fuse.level": 1, "finetune.epochs": 3, "finetune.lr": 1e-3}
+    rest |= {"distill.epochs": 3, "distill.temperature": 4.0, "distill.alpha": 0.7}
+    drawn = [
+        recipe_text(suggest_recipe(FixedTrial({**rest, **p}), settings, task, transformer))
+        for p in warm_start(settings, task, transformer)
+    ]
+    assert drawn == expected
