@@ -154,7 +154,11 @@ def warm_start(settings: SearchSettings, task: str, transformer: bool) -> list[d
             "quantize.embeddings": "int4",
         }
         if transformer
-        else {"quantize.mode": "int8-static", "quantize.per_channel": True}
+        else {
+            "quantize.mode": "int8-static",
+            "quantize.per_channel": True,
+            "quantize.calibration": "minmax",
+        }
     )
     recovery = (
         {"recovery.unlabelled": "distill"} if task == "embedding" else {"recovery": "finetune"}
