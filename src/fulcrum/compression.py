@@ -46,6 +46,10 @@ def parse_recipe(text: str) -> Recipe:
                 if technique.config.primary is None:
                     raise ConfigError(f"recipe step {step!r}: give {name} parameters as key=value.")
                 key, raw = technique.config.primary, arg
+            if key.strip() in values:
+                raise ConfigError(
+                    f"recipe step {step!r} sets {key.strip()!r} twice; give each parameter once."
+                )
             values[key.strip()] = coerce(technique.config, key.strip(), raw.strip())
         configs.append(technique.config(**values))
     return check_order(tuple(configs))

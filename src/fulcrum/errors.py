@@ -10,6 +10,8 @@ import difflib
 from collections.abc import Iterable
 from types import ModuleType
 
+EXIT_BUG = 3  # an unexpected exception: a bug in Fulcrum (2 is a user mistake, 1 a finding)
+
 
 class FulcrumError(Exception):
     """Base class of every error Fulcrum raises on purpose."""

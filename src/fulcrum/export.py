@@ -105,6 +105,8 @@ def export(
     source = candidate_folder(run_dir, trial)
     manifest = json.loads((source / "model.json").read_text())
     out = out or run_dir / "export" / fmt
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a folder to export into.")
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(
             f"{out} already holds files; pass --force to overwrite them, or choose --out."

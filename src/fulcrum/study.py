@@ -89,8 +89,10 @@ class SearchSettings:
             )
         if self.workers < 1 or self.batch_size < 1:
             raise ConfigError("--workers and --batch-size must be at least 1.")
-        if self.max_drop is not None and self.max_drop < 0:
-            raise ConfigError(f"--max-drop must be >= 0; got {self.max_drop}.")
+        if self.max_drop is not None and not 0 <= self.max_drop < float("inf"):
+            raise ConfigError(
+                f"--max-drop must be a finite number of points >= 0; got {self.max_drop}."
+            )
 
     def limits(self) -> dict[str, float]:
         """Budgets in the units trials record (size in bytes)."""
@@ -209,6 +211,20 @@ def storage_for(url: str) -> Any:
         raise ConfigError(
             f"storage {url!r} cannot be reached ({first}); check the URL, that the server runs, "
             "and that its driver is installed (PostgreSQL: pip install 'fulcrum[postgres]')."
+        ) from None
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse a storage URL whose database kind or driver is unknown, before any work starts."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect()
+    except Exception as exc:
+        raise ConfigError(
+            f"--storage {url!r} is not a database URL this machine can open ({first_line(exc, 120)}); "
+            "use sqlite:///path/study.db or postgresql://user:password@host:5432/db "
+            "(PostgreSQL needs pip install 'fulcrum[postgres]')."
         ) from None
 
 

@@ -7,9 +7,10 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from fulcrum._version import __version__
-from fulcrum.errors import FulcrumError
+from fulcrum.errors import EXIT_BUG, FulcrumError, first_line
 
 COMMANDS = (
     "workloads",
@@ -25,13 +26,23 @@ COMMANDS = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line that names the argument (not the whole usage), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fulcrum", description="Find the sweet spot between a model's size and its efficiency."
     )
     parser.add_argument("--version", action="version", version=f"fulcrum {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an unexpected error"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"fulcrum.cli.{name}").add_parser(sub)
@@ -66,7 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or an argument error (printed already)
+        return int(exc.code or 0)
     try:
         return int(args.run(args))
     except FulcrumError as exc:
@@ -75,3 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fulcrum {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a user mistake: say so, and how to report it
+        if args.debug:
+            raise
+        print(
+            f"fulcrum {args.command}: internal error: {type(exc).__name__}: {first_line(exc, 200)} "
+            "-- this is a bug in Fulcrum; rerun with --debug for the traceback and report it "
+            "with the output of `fulcrum env`.",
+            file=sys.stderr,
+        )
+        return EXIT_BUG

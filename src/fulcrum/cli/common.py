@@ -48,6 +48,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to {2**32 - 1} (numpy's seed range); got {text!r}"
+        )
+    return value
+
+
 def int_list(text: str) -> list[int]:
     return [positive_int(t) for t in text.split(",") if t.strip()]
 
@@ -56,18 +68,26 @@ def shape(text: str) -> list[int]:
     return int_list(text.replace("x", ","))
 
 
-def check_writable(path: Path | None) -> None:
-    """Fail before any work is done if an output path cannot be written."""
+def check_writable(path: Path | None, option: str = "--json", folder: bool = False) -> None:
+    """Fail before any work is done if ``path`` (a file, or a ``folder``) cannot be written.
+
+    Nothing is created: a command refused later leaves no empty folder behind.
+    """
     if path is None:
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    kind = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
         raise ConfigError(
-            f"--json {str(path)!r} cannot be written ({exc.strerror}); choose a writable path."
-        ) from None
-    if not os.access(path.parent, os.W_OK) or path.is_dir():
-        raise ConfigError(f"--json {str(path)!r} cannot be written; choose a writable file path.")
+            f"{option} {str(path)!r} is a {'file' if folder else 'folder'}; give a {kind} path."
+        )
+    existing = path if path.exists() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ConfigError(
+            f"{option} {str(path)!r} cannot be written ({existing} is not a writable folder); "
+            f"choose a writable {kind} path."
+        )
 
 
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:

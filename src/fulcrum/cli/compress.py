@@ -8,7 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fulcrum.cli.common import add_workload_arguments, check_writable, int_list, write_json
+from fulcrum.cli.common import (
+    add_workload_arguments,
+    check_writable,
+    int_list,
+    seed_value,
+    write_json,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -24,7 +30,7 @@ def add_parser(sub: Any) -> None:
         "--out", type=Path, default=None, help="run folder (default: runs/<workload>-<time>)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of every random choice (default: 0)"
+        "--seed", type=seed_value, default=0, help="seed of every random choice (default: 0)"
     )
     parser.add_argument("--batch-sizes", type=int_list, default=[1, 32], metavar="B,B")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per batch size")
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
     )
     out = args.out or Path("runs") / f"{workload.name}-{timestamp()}"
-    check_writable(out / "results.json")
+    check_writable(out, "--out", folder=True)
     result = compress_and_compare(
         workload,
         recipe,

@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fulcrum.cli.common import add_workload_arguments, check_writable, positive_int, write_json
+from fulcrum.cli.common import (
+    add_workload_arguments,
+    check_writable,
+    positive_int,
+    seed_value,
+    write_json,
+)
 from fulcrum.errors import ConfigError
 
 
@@ -65,7 +71,7 @@ def add_parser(sub: Any) -> None:
         "--policy", default="tolerance", help="tolerance (default), knee or weighted"
     )
     parser.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
     parser.add_argument(
         "--workers", type=positive_int, default=1, help="local processes sharing the study"
     )
@@ -90,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
     from fulcrum import workloads
     from fulcrum.compression import timestamp
-    from fulcrum.study import SearchSettings
-    from fulcrum.sweetspot import search
+    from fulcrum.study import SearchSettings, check_storage_url
+    from fulcrum.sweetspot import check_policy, search
 
     budgets = dict(args.budget)
     if len(budgets) != len(args.budget):
@@ -111,11 +117,16 @@ def run(args: argparse.Namespace) -> int:
         trial_seconds=args.trial_seconds,
     )
     check_writable(args.json)
+    check_policy(settings)
+    if args.out is not None:
+        check_writable(args.out, "--out", folder=True)
+    if args.storage:
+        check_storage_url(args.storage)
     workload = workloads.load(
         args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
     )
     out = args.out or Path("runs") / f"{workload.name}-search-{timestamp()}"
-    check_writable(out / "results.json")
+    check_writable(out, "--out", folder=True)
     console = Console(stderr=True)
     result = search(
         workload,

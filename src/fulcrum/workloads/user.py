@@ -272,6 +272,12 @@ def _load_data(ref: str, where: Path) -> dict[str, Any]:
         }
     else:
         raw = resolve(ref, "data", where)()
+    unknown = [k for k in raw if k not in SPLITS] if isinstance(raw, Mapping) else []
+    if unknown:
+        raise ConfigError(
+            f"entry 'data' in {where.name} gives a split named {unknown[0]!r}; splits are "
+            f"{', '.join(SPLITS)}.{suggest(str(unknown[0]), SPLITS)}"
+        )
     if not isinstance(raw, Mapping) or "val" not in raw:
         raise ConfigError(
             f"entry 'data' in {where.name} must give a mapping with a 'val' split "
