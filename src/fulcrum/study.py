@@ -510,15 +510,23 @@ def work(study: Any, trialist: Trialist, trials: int, lock: Path) -> int:
         heartbeat.start()
         try:
             values = trialist.objective(trial)
-        except optuna.TrialPruned as exc:
-            heartbeat.join()
-            trial.set_user_attr("pruned", str(exc))
-            study.tell(trial, state=TrialState.PRUNED)
-        except FulcrumError as exc:
-            heartbeat.join()
-            trial.set_user_attr("error", str(exc))
-            study.tell(trial, state=TrialState.FAIL)
-            log.warning("trial %d failed: %s", trial.number, exc)
+        except BaseException as exc:
+            heartbeat.join()  # always: a live heartbeat would keep a dead trial "running"
+            if isinstance(exc, optuna.TrialPruned):
+                trial.set_user_attr("pruned", str(exc))
+                study.tell(trial, state=TrialState.PRUNED)
+            elif isinstance(exc, Exception):  # the trial fails; the search goes on
+                message = (
+                    str(exc)
+                    if isinstance(exc, FulcrumError)
+                    else f"internal error (a bug in Fulcrum): {type(exc).__name__}: {first_line(exc)}"
+                )
+                trial.set_user_attr("error", message)
+                study.tell(trial, state=TrialState.FAIL)
+                log.warning("trial %d failed: %s", trial.number, message)
+            else:  # Ctrl-C: the trial is failed (a resumed search runs it again), then stop
+                study.tell(trial, state=TrialState.FAIL)
+                raise
         else:
             heartbeat.join()
             study.tell(trial, values)

@@ -188,8 +188,14 @@ def apply(config: PruneConfig, candidate: Candidate, ctx: Context) -> Candidate:
     model.zero_grad(set_to_none=True)
     _fix_attention(model)
     model = model.eval()
-    with torch.no_grad():
-        out = output_tensor(model(*inputs))
+    try:
+        with torch.no_grad():
+            out = output_tensor(model(*inputs))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise TechniqueError(
+            f"the pruned model cannot run ({first_line(exc, 160)}): a layer outside the traced "
+            "graph kept its width; skip it with prune:skip=LAYER or leave it out of the model."
+        ) from None
     if not torch.isfinite(out).all():
         raise TechniqueError(
             "the pruned model produces NaN or inf; lower prune:ratio or skip the layer that breaks."

@@ -93,7 +93,7 @@ def build() -> Workload:
     transformers = text.transformers_module()
     tokenizer = text.load_tokenizer(folder, "minilm")
     model = text.SentenceEncoder(
-        transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        text.encoder_without_pooler(transformers, folder)
     ).eval()
     chosen = english_sentences()
     random.Random(SEED).shuffle(chosen)

@@ -128,6 +128,17 @@ def load_tokenizer(path: Path, where: str) -> Any:
         ) from None
 
 
+def encoder_without_pooler(transformers: Any, path: Path) -> nn.Module:
+    """The encoder of a ``transformers`` folder, without the [CLS] pooler mean pooling never
+    reads (it would cost compute, bytes, and a layer pruning cannot see)."""
+    try:
+        return transformers.AutoModel.from_pretrained(
+            str(path), local_files_only=True, add_pooling_layer=False
+        )
+    except TypeError:  # architectures without a pooler take no such argument
+        return transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
+
+
 def load_pretrained(path: Path, task: str, num_classes: int | None, where: str) -> nn.Module:
     """A ``transformers`` model from a folder: an encoder with mean pooling for ``embedding``,
     a sequence classifier for ``multiclass`` and ``binary``."""
@@ -139,9 +150,7 @@ def load_pretrained(path: Path, task: str, num_classes: int | None, where: str) 
         )
     try:
         if task == "embedding":
-            return SentenceEncoder(
-                transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
-            ).eval()
+            return SentenceEncoder(encoder_without_pooler(transformers, path)).eval()
         if task in ("multiclass", "binary"):
             extra = {"num_labels": num_classes} if num_classes else {}
             return transformers.AutoModelForSequenceClassification.from_pretrained(
