@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from fulcrum.errors import CheckpointError, ConfigError, FulcrumError, OnnxError
 FORMATS = ("onnx", "safetensors", "pt2")
 # float32 graphs agree to rounding; ONNX Runtime fuses and reorders, so allow a little more
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
+# the exported artifact's main metric on the validation split against the one the run recorded
+# (thread counts may reorder float sums: a rare flipped prediction is allowed, not more)
+METRIC_TOLERANCE = 0.005
 
 
 def candidate_folder(run_dir: Path, trial: int | None = None) -> Path:
@@ -72,6 +75,23 @@ def validation_inputs(workload: Any, limit: int = 256) -> tuple[torch.Tensor, ..
         if count >= limit:
             break
     return tuple(torch.cat([p[i] for p in parts])[:limit] for i in range(len(parts[0])))
+
+
+def recorded_metric(run_dir: Path, source: Path) -> tuple[str, float] | None:
+    """The main metric the run recorded for the candidate in ``source`` (name, value)."""
+    from fulcrum.metrics import MAIN_METRIC
+
+    result = json.loads((run_dir / "results.json").read_text())
+    if "main_metric" in result:  # a compress run
+        name = result["main_metric"]
+        return name, float(result["candidate"]["evaluation"]["metrics"][name])
+    name = MAIN_METRIC.get(str(result.get("task")), "metric")
+    if source.name == "sweetspot" and result.get("pick", {}).get("point"):
+        return name, float(result["pick"]["point"]["metric"])
+    for trial in result.get("trials", []):
+        if str(trial.get("number")) == source.name and trial.get("metric") is not None:
+            return name, float(trial["metric"])
+    return None
 
 
 def difference(reference: torch.Tensor, exported: torch.Tensor) -> dict[str, float]:
@@ -130,20 +150,17 @@ def export(
     with torch.no_grad():
         float_out = output_tensor(model(*inputs))
     quantized = manifest.get("runtime") == "onnxruntime"
-    deployed = OnnxModel((source / "model.onnx").read_bytes(), threads=1)
-    reference = deployed(*inputs) if quantized else float_out
     files: list[Path] = []
+    artifact: Any
     if fmt == "onnx":
         target = out / "model.onnx"
         shutil.copyfile(source / "model.onnx", target)
-        exported = OnnxModel(target, threads=1)(*inputs)
+        artifact = OnnxModel(target, threads=1)
         files.append(target)
     elif fmt == "safetensors":
         for name in ("model.safetensors", "model.json"):
             shutil.copyfile(source / name, out / name)
-        with torch.no_grad():
-            exported = output_tensor(rebuild(workload.model, out)(*inputs))
-        reference = float_out  # the PyTorch weights: the model before any int8 conversion
+        artifact = rebuild(workload.model, out)
         files += [out / "model.safetensors", out / "model.json"]
     else:
         from fulcrum.runtimes import with_batch
@@ -154,22 +171,47 @@ def export(
         )
         target = out / "model.pt2"
         torch.export.save(program, str(target))
-        with torch.no_grad():
-            exported = output_tensor(torch.export.load(str(target)).module()(*inputs))
-        reference = float_out
+        artifact = torch.export.load(str(target)).module()
         files.append(target)
-    parity = difference(reference, exported)
-    parity["samples"] = len(inputs[0])
-    if quantized:
-        parity["int8_vs_float_max_abs"] = difference(float_out, deployed(*inputs))["max_abs"]
-    limit = TOLERANCE["atol"] + TOLERANCE["rtol"] * float(reference.abs().max())
-    if parity["max_abs"] > limit:
+
+    def refuse(reason: str) -> NoReturn:
         for f in files:
             f.unlink(missing_ok=True)
         raise OnnxError(
-            f"the {fmt} export differs from the model by {parity['max_abs']:.3g} (tolerance {limit:.3g}) "
-            "on validation inputs; it was not written. Report this with `fulcrum env`."
+            f"the {fmt} export {reason}; it was not written. Report this with `fulcrum env`."
         )
+
+    with torch.no_grad():
+        exported = output_tensor(artifact(*inputs))
+    parity: dict[str, Any] = {"samples": len(inputs[0])}
+    # what the artifact is: the deployed int8/fp16 graph, or the float PyTorch model
+    deployed_form = fmt == "onnx" or not quantized
+    vs_float = difference(float_out, exported)
+    if quantized and fmt == "onnx":
+        parity["vs_float_max_abs"] = vs_float["max_abs"]  # int8 deviates by design: reported
+    else:
+        parity.update(vs_float)
+        limit = TOLERANCE["atol"] + TOLERANCE["rtol"] * float(float_out.abs().max())
+        if vs_float["max_abs"] > limit:
+            refuse(
+                f"differs from the model by {vs_float['max_abs']:.3g} (tolerance {limit:.3g}) "
+                "on validation inputs"
+            )
+    from fulcrum.evaluation import evaluate_workload
+    from fulcrum.metrics import MAIN_METRIC
+
+    name = MAIN_METRIC[workload.task]
+    score = evaluate_workload(workload, artifact, threads=1).metrics.get(name)
+    parity["metric"] = {"name": name, "exported": score}
+    recorded = recorded_metric(run_dir, source)
+    if recorded is not None and deployed_form:
+        parity["metric"]["recorded"] = recorded[1]
+        parity["metric"]["tolerance"] = METRIC_TOLERANCE
+        if score is None or abs(float(score) - recorded[1]) > METRIC_TOLERANCE:
+            refuse(
+                f"scores {name} {score} on the validation split, but the run recorded "
+                f"{recorded[1]:.4f} for this candidate (tolerance {METRIC_TOLERANCE})"
+            )
     checksums = {f.name: sha256(f) for f in files}
     (out / "SHA256SUMS.json").write_text(json.dumps(checksums, indent=2) + "\n")
     record = {
@@ -185,11 +227,12 @@ def export(
     return record
 
 
-def load(path: Path | str) -> nn.Module:
+def load(path: Path | str, *, verify: bool = True) -> nn.Module:
     """A safetensors export (or candidate folder) as a PyTorch model, pruned shapes included.
 
-    The folder's files are checked against the checksums written at export; the architecture
-    is rebuilt from the workload named in ``model.json`` and resized to the saved tensors.
+    The folder's files are checked against the checksums written at export (a folder without
+    ``SHA256SUMS.json`` is refused unless ``verify=False``); the architecture is rebuilt from
+    the workload named in ``model.json`` and resized to the saved tensors.
     """
     from fulcrum.compression import rebuild
     from fulcrum.workloads import load as load_workload
@@ -203,7 +246,12 @@ def load(path: Path | str) -> nn.Module:
                 f"{folder} has no {name}; give a folder written by `fulcrum export --format safetensors`."
             )
     sums = folder / "SHA256SUMS.json"
-    if sums.is_file():
+    if verify and not sums.is_file():
+        raise CheckpointError(
+            f"{folder} has no SHA256SUMS.json, so its files cannot be checked; export it again, "
+            "or load it with verify=False if you trust the files."
+        )
+    if verify:
         for name, digest in json.loads(sums.read_text()).items():
             if (folder / name).is_file() and sha256(folder / name) != digest:
                 raise CheckpointError(

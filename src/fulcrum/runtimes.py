@@ -318,7 +318,8 @@ def predict(
     outputs: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     if isinstance(model, nn.Module):
-        model = model.eval()
+        with contextlib.suppress(NotImplementedError):  # a torch.export program has no modes
+            model = model.eval()
     with torch_threads(threads or default_threads()), torch.inference_mode():
         for batch in batches:
             x, y = (

@@ -274,13 +274,24 @@ def card(result: dict[str, Any], run_dir: Path) -> str:
     for record in sorted(export.glob("*/export.json")) if export.is_dir() else []:
         data = json.loads(record.read_text())
         p = data["parity"]
-        lines += [
-            "",
-            f"## Export ({data['format']})",
-            "",
-            f"Checked on {p['samples']} validation samples: max abs difference {p['max_abs']:.3g}, "
-            f"max relative {p['max_rel']:.3g}.",
-        ]
+        lines += ["", f"## Export ({data['format']})", ""]
+        metric = p.get("metric", {})
+        if metric.get("recorded") is not None:
+            lines.append(
+                f"The exported file, re-evaluated on the validation split: {metric['name']} "
+                f"{metric['exported']:.4f} (the run recorded {metric['recorded']:.4f}; "
+                f"tolerance {metric['tolerance']})."
+            )
+        if "max_abs" in p:
+            lines.append(
+                f"Checked against the float model on {p['samples']} validation samples: max abs "
+                f"difference {p['max_abs']:.3g}, max relative {p['max_rel']:.3g}."
+            )
+        if "vs_float_max_abs" in p:
+            lines.append(
+                f"Deviation of the quantized model from the float model on {p['samples']} "
+                f"validation samples: max abs {p['vs_float_max_abs']:.3g}."
+            )
     return "\n".join(lines) + "\n"
 
 

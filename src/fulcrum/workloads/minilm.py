@@ -92,9 +92,7 @@ def build() -> Workload:
     folder = model_path()
     transformers = text.transformers_module()
     tokenizer = text.load_tokenizer(folder, "minilm")
-    model = text.SentenceEncoder(
-        text.encoder_without_pooler(transformers, folder)
-    ).eval()
+    model = text.SentenceEncoder(text.encoder_without_pooler(transformers, folder)).eval()
     chosen = english_sentences()
     random.Random(SEED).shuffle(chosen)
     splits: dict[str, text.Tokenized] = {}
