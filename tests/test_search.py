@@ -104,6 +104,7 @@ def test_search_writes_frontier_pick_and_sweetspot(capsys, search_dir):
     for t in result["trials"]:
         if t["state"] == "COMPLETE":
             assert {"recipe", "metric", "latency_ms", "size_bytes", "seconds"} <= set(t)
+            assert "use_prune" in t["search_params"] and isinstance(t["params"], int)
     assert result["environment"]["torch"]
 
 

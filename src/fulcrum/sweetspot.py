@@ -64,9 +64,9 @@ def _trial_record(t: Any) -> dict[str, Any]:
     return {
         "number": t.number,
         "state": t.state.name,
-        "params": t.params,
         "values": list(t.values) if t.values else None,
-        **t.user_attrs,
+        **t.user_attrs,  # "params" among them is the model's parameter count (an objective)
+        "search_params": t.params,  # what the sampler drew
         "started": t.datetime_start.isoformat() if t.datetime_start else None,
         "seconds_total": (t.datetime_complete - t.datetime_start).total_seconds()
         if t.datetime_complete and t.datetime_start
