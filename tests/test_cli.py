@@ -98,9 +98,10 @@ def test_bad_module_reference_from_the_console_script(user_dir):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(capsys, tmp_path):
-    code = main(["demo", "--trials", "4", "--out", str(tmp_path / "demo")])
+    # 10 trials: the warm start tries int8 alone first, which keeps digits within budget
+    code = main(["demo", "--trials", "10", "--out", str(tmp_path / "demo")])
     out = capsys.readouterr().out
-    assert code in (0, 1) and "demo finished" in out
+    assert code == 0 and "demo finished" in out
     assert (tmp_path / "demo" / "report.html").is_file() and (
         tmp_path / "demo" / "results.json"
     ).is_file()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import module_of
 from fulcrum import workloads
 from fulcrum.cli import main
 from fulcrum.compression import (
@@ -122,7 +121,9 @@ def test_compress_command_writes_a_run_folder(capsys, user_dir, tmp_path):
 
 
 def test_compress_command_refuses_a_bad_recipe_before_any_work(capsys, user_dir):
-    code = main(["compress", str(user_dir / "workload.toml"), "--recipe", "prune:ratio=2"])
+    out = user_dir / "run"
+    argv = ["compress", str(user_dir / "workload.toml"), "--recipe", "prune:ratio=2"]
+    code = main([*argv, "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "ratio" in err
-    assert module_of(user_dir)  # the workload itself was fine
+    assert not out.exists()  # refused before the run folder was made

@@ -3,6 +3,7 @@ import json
 import onnx
 import pytest
 import torch
+import transformers  # a test dependency: make installs fulcrum[text]
 from torch import nn
 
 from fulcrum import measure
@@ -122,9 +123,6 @@ def test_onnx_compute_counts_matmul_and_gemm():
     macs, by_op, layers = measure.onnx_compute(onnx.load(str(proto_path)), [[8, 6]])
     assert macs == 8 * (6 * 4 + 4 * 2)
     assert sum(la.macs for la in layers) == macs and by_op
-
-
-transformers = pytest.importorskip("transformers")
 
 
 def within(value: float, published: float, rel: float = 0.01) -> bool:

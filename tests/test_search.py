@@ -178,7 +178,7 @@ def test_two_workers_share_one_study(search_dir):
             "-m",
             "fulcrum",
             "search",
-            *search_args(search_dir, "fast", out, "--trials", "5", "--workers", "2"),
+            *search_args(search_dir, "slow", out, "--trials", "8", "--workers", "2"),
         ],
         env=env,
         capture_output=True,
@@ -188,8 +188,10 @@ def test_two_workers_share_one_study(search_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = states(out)
     finished = [n for n, s in rows if s in ("COMPLETE", "PRUNED")]
-    assert len(finished) == 5 and len(set(finished)) == 5
+    assert len(finished) == 8 and len(set(finished)) == 8
     assert all((out / "trials" / str(n)).is_dir() for n, s in rows if s == "COMPLETE")
+    trials = json.loads((out / "results.json").read_text())["trials"]
+    assert len({t["worker"] for t in trials if t["state"] == "COMPLETE"}) == 2  # both worked
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,9 @@ import contextlib
 import fcntl
 import logging
 import multiprocessing
+import os
 import shutil
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +42,7 @@ OBJECTIVES = {
 BUDGET_KEYS = ("latency_ms", "size_mb", "size_bytes", "macs", "params")
 SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT_S, GRACE_S = 2, 8
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -355,12 +358,14 @@ class Trialist:
         recipe = suggest_recipe(trial, settings, workload.task, self.transformer)
         text = recipe_text(recipe)
         trial.set_user_attr("recipe", text)
+        trial.set_user_attr("worker", WORKER)  # which machine and process ran it
         self.progress(f"trial {trial.number}: {text}")
         earlier = same_recipe(trial, text)
         if earlier is not None:  # the sampler drew a recipe already measured: reuse its figures
             for key, value in earlier.user_attrs.items():
                 trial.set_user_attr(key, value)
             trial.set_user_attr("recipe", text)
+            trial.set_user_attr("worker", WORKER)
             trial.set_user_attr("same_as", earlier.number)
             self.progress(f"trial {trial.number}: same recipe as trial {earlier.number}, reused")
             saved = self.run_dir / "trials" / str(earlier.number)
