@@ -144,13 +144,29 @@ def compress(
 
     >>> candidate = compress(workload.model, "prune:0.5 > finetune:3", workload)  # doctest: +SKIP
     """
-    from fulcrum.runtimes import default_threads, torch_threads
+    from fulcrum.runtimes import caller_state
 
     if not isinstance(model, nn.Module):
         raise ConfigError(
             "compress needs a PyTorch model; an ONNX workload can be profiled and evaluated only."
         )
     steps = parse_recipe(recipe) if isinstance(recipe, str) else check_order(tuple(recipe))
+    with caller_state(model):
+        return _compress(model, steps, workload, seed, threads, progress, on_epoch, cache)
+
+
+def _compress(
+    model: nn.Module,
+    steps: Recipe,
+    workload: Any,
+    seed: int,
+    threads: int | None,
+    progress: Callable[[str], None] | None,
+    on_epoch: Callable[[int, float], None] | None,
+    cache: MutableMapping[str, Candidate] | None,
+) -> Candidate:
+    from fulcrum.runtimes import default_threads, torch_threads
+
     threads = threads or default_threads()
     report = progress or (lambda _m: None)
     ctx = context_of(workload, seed=seed, threads=threads, progress=report, on_epoch=on_epoch)

@@ -33,9 +33,10 @@ def evaluate(
     ``reference`` is the model whose outputs an ``embedding`` task is compared with; ``metric``
     is a user function ``fn(y_true, outputs)`` whose result is added to the metrics.
     """
-    from fulcrum.runtimes import predict
+    from fulcrum.runtimes import caller_state, predict
 
-    batches = list(data)
+    with caller_state(model, reference):  # iterating a DataLoader draws from torch's generator
+        batches = list(data)
     if not batches:
         raise DataError("The validation data has zero samples; give the split at least one batch.")
     outputs, targets = predict(model, batches, threads)

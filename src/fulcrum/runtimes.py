@@ -42,6 +42,22 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def caller_state(*models: Any) -> Iterator[None]:
+    """Leave the caller's state as it was: torch's thread count and random generator, and the
+    train/eval mode of ``models`` (library code may change them while it works)."""
+    threads = torch.get_num_threads()
+    modes = [(m, m.training) for m in models if isinstance(m, nn.Module)]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+            for model, training in modes:
+                with contextlib.suppress(NotImplementedError):
+                    model.train(training)
+
+
 def as_inputs(x: Any) -> tuple[torch.Tensor, ...]:
     """A batch's model inputs as a tuple: a tensor becomes ``(tensor,)``."""
     if isinstance(x, torch.Tensor):
@@ -317,10 +333,10 @@ def predict(
     """Run ``model`` over ``(inputs, target)`` batches; return stacked outputs and targets."""
     outputs: list[np.ndarray] = []
     targets: list[np.ndarray] = []
-    if isinstance(model, nn.Module):
-        with contextlib.suppress(NotImplementedError):  # a torch.export program has no modes
-            model = model.eval()
-    with torch_threads(threads or default_threads()), torch.inference_mode():
+    with caller_state(model), torch_threads(threads or default_threads()), torch.inference_mode():
+        if isinstance(model, nn.Module):
+            with contextlib.suppress(NotImplementedError):  # a torch.export program has no modes
+                model.eval()  # restored by caller_state
         for batch in batches:
             x, y = (
                 (batch[0], batch[1])

@@ -135,7 +135,16 @@ def score(
     return float("-inf") if value is None else float(value)
 
 
-def fit(
+def fit(model: nn.Module, train: DataLoader, task: str, **options: Any) -> nn.Module:
+    """Train a copy of ``model`` (see ``_fit``); torch's random generator and the teacher's mode
+    are left as the caller had them."""
+    from fulcrum.runtimes import caller_state
+
+    with caller_state(options.get("teacher")):
+        return _fit(model, train, task, **options)
+
+
+def _fit(
     model: nn.Module,
     train: DataLoader,
     task: str,
