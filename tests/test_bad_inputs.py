@@ -50,6 +50,18 @@ CASES = {
         "zero samples",
         {"bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:empty"\n'},
     ),
+    "empty train split": (
+        ["compress", "bad.toml", "--recipe", "finetune:1", "--out", "OUT"],
+        "split 'train' has zero samples",
+        {"bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:empty_train"\n'},
+    ),
+    "unknown model argument": (
+        ["evaluate", "bad.toml"],
+        "[model_args] in bad.toml do not fit",
+        {
+            "bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:splits"\n[model_args]\nhiden = 4\n'
+        },
+    ),
     "missing checkpoint": (
         ["evaluate", "bad.toml"],
         "nowhere.safetensors",
@@ -135,6 +147,11 @@ CASES = {
 }
 
 EXTRA_CODE = """
+
+def empty_train():
+    data = splits()
+    return {"val": data["val"], "train": (data["train"][0][:0], data["train"][1][:0])}
+
 
 def with_calibration():
     data = splits()

@@ -95,6 +95,10 @@ def to_loader(
             raise DataError(
                 f"data split {name!r} is a {type(split).__name__}; give a DataLoader, a Dataset or an (inputs, targets) pair."
             )
+        if len(dataset) == 0:  # type: ignore[arg-type]  # (a shuffled empty loader cannot be built)
+            raise DataError(
+                f"data split {name!r} has zero samples; give it at least one (inputs, target) pair."
+            )
         generator = torch.Generator().manual_seed(seed)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
     try:

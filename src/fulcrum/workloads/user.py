@@ -18,6 +18,7 @@ arrays ``x_val``, ``y_val`` (and optionally ``x_train``, ``y_train``, ``x_calib`
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import sys
 import tomllib
@@ -159,7 +160,16 @@ _EXAMPLES = {"task": '"multiclass"', "data": '"mydata:splits"', "text": '"senten
 
 
 def _build_model(spec: dict[str, Any], path: Path, allow_pickle: bool) -> nn.Module:
-    built = resolve(spec["model"], "model", path)(**spec.get("model_args", {}))
+    factory = resolve(spec["model"], "model", path)
+    arguments = spec.get("model_args", {})
+    try:
+        inspect.signature(factory).bind(**arguments)
+    except TypeError as exc:
+        raise ConfigError(
+            f"[model_args] in {path.name} do not fit {spec['model']!r} ({exc}); "
+            "give only the arguments it takes."
+        ) from None
+    built = factory(**arguments)
     if not isinstance(built, nn.Module):
         raise ConfigError(
             f"entry 'model' in {path.name}: {spec['model']!r} returned a {type(built).__name__}, not a torch.nn.Module."
