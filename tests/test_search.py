@@ -337,3 +337,26 @@ def test_warm_start_draws_int8_alone_then_pruning_with_recovery(task, transforme
         for p in warm_start(settings, task, transformer)
     ]
     assert drawn == expected
+
+
+def test_a_run_folder_of_another_workload_budget_or_command_is_refused_before_any_work(
+    capsys, search_dir
+):
+    out = search_dir / "run"
+    assert main(["search", *search_args(search_dir, "fast", out, "--trials", "1")]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    (search_dir / "other.toml").write_text(
+        'task = "multiclass"\nmodel = "slowcode:make_model"\ndata = "slowcode:fast"\n'
+    )
+    code = main(["search", *search_args(search_dir, "other", out, "--trials", "2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "searches workload" in err and "other.toml" in err
+    args = search_args(search_dir, "fast", out, "--trials", "2")
+    args[args.index("--max-drop") + 1] = "3"
+    code = main(["search", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and "max_drop=100.0, not 3.0" in err
+    code = main(["compress", str(search_dir / "fast.toml"), "--recipe", "prune", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds a `fulcrum search` run" in err
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written by the refusals

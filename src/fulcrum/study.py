@@ -267,6 +267,31 @@ def open_study(
     return study
 
 
+# settings a resumed study must share with the command that joins it (trials, seed, workers and
+# the pick's policy may change between runs)
+SHARED_SETTINGS = ("runtime", "batch_size", "max_drop", "relative", "budgets", "max_epochs")
+
+
+def check_same_search(
+    reference: dict[str, Any] | None, workload: str, settings: SearchSettings, name: str
+) -> None:
+    """Refuse to join a study of another workload or with other budgets, before any work."""
+    if reference is None:
+        return
+    if reference.get("workload_source") != workload:
+        raise ConfigError(
+            f"study {name!r} searches workload {reference.get('workload_source')!r}, not "
+            f"{workload!r}; use another --out (or --study name)."
+        )
+    saved = reference.get("settings", {})
+    for key in SHARED_SETTINGS:
+        if key in saved and saved[key] != asdict(settings)[key]:
+            raise ConfigError(
+                f"study {name!r} was started with {key}={saved[key]!r}, not "
+                f"{asdict(settings)[key]!r}; resume it with the same setting or use another --out."
+            )
+
+
 # -- one process's work -------------------------------------------------------------------------
 
 
@@ -656,6 +681,7 @@ def _run_study(
     threads = threads or max(1, default_threads() // settings.workers)
     say = progress or (lambda _m: None)
     study = open_study(settings, storage_for(url), name, settings.objectives)
+    check_same_search(study.user_attrs.get("baseline"), source_of(workload), settings, name)
     torch.set_num_threads(threads)
     say("measuring the baseline")
     trialist = Trialist(workload, settings, run_dir, threads, {}, progress=say)

@@ -10,6 +10,7 @@ from typing import Any
 
 from fulcrum.cli.common import (
     add_workload_arguments,
+    check_run_folder,
     check_writable,
     int_list,
     seed_value,
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     )
     out = args.out or Path("runs") / f"{workload.name}-{timestamp()}"
     check_writable(out, "--out", folder=True)
+    check_run_folder(out, "compress")
     result = compress_and_compare(
         workload,
         recipe,

@@ -8,6 +8,7 @@ from typing import Any
 
 from fulcrum.cli.common import (
     add_workload_arguments,
+    check_run_folder,
     check_writable,
     positive_int,
     seed_value,
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     check_policy(settings)
     if args.out is not None:
         check_writable(args.out, "--out", folder=True)
+        check_run_folder(args.out, "search")
     if args.storage:
         check_storage_url(args.storage)
     workload = workloads.load(
@@ -127,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     )
     out = args.out or Path("runs") / f"{workload.name}-search-{timestamp()}"
     check_writable(out, "--out", folder=True)
+    check_run_folder(out, "search")
     console = Console(stderr=True)
     result = search(
         workload,
