@@ -200,3 +200,18 @@ def test_export_errors_keep_the_run_folder(run_dir, tmp_path, capsys):
         export(run_dir, fmt="onnx", out=tmp_path / "once")
     export(run_dir, fmt="onnx", out=tmp_path / "once", force=True)
     assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_the_report_reads_its_layer_table_and_never_reloads_the_workload(run_dir, monkeypatch):
+    import fulcrum.workloads
+    from fulcrum.report import write_report
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the report reloaded the workload")
+
+    monkeypatch.setattr(fulcrum.workloads, "load", refuse)
+    paths = write_report(run_dir)
+    html = paths["report"].read_text()
+    layers = json.loads((run_dir / "results.json").read_text())["layers"]
+    assert layers["baseline"] and layers["baseline"][0]["name"] in html
+    assert "cannot be listed" not in html

@@ -226,6 +226,16 @@ def count_compute(
         model.train(was_training)
 
 
+def layer_rows(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+    """The per-layer table a report shows (layers with parameters or MACs), as plain values."""
+    _, _, layers = torch_compute(model, example_inputs)
+    return [
+        {"name": la.name, "kind": la.kind, "params": la.params, "macs": la.macs, "share": la.share}
+        for la in layers
+        if la.params or la.macs
+    ]
+
+
 def _extra_formulas() -> dict[Any, Callable[..., int]]:
     """FLOP formulas torch's counter lacks: the CPU kernel of scaled dot-product attention, which
     a real forward pass runs (on the meta device attention decomposes into counted matmuls)."""

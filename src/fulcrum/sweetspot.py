@@ -74,6 +74,17 @@ def _trial_record(t: Any) -> dict[str, Any]:
     }
 
 
+def _layers(trialist: Trialist, chosen: Path | None) -> dict[str, list[dict[str, Any]]]:
+    from fulcrum.compression import rebuild
+    from fulcrum.measure import layer_rows
+
+    workload = trialist.workload
+    models = {"baseline": workload.model}
+    if chosen is not None:
+        models["sweet spot"] = rebuild(workload.model, chosen)
+    return {name: layer_rows(m, workload.example_inputs) for name, m in models.items()}
+
+
 def conclude(
     study: Any, trialist: Trialist, settings: SearchSettings, run_dir: Path, search_seconds: float
 ) -> dict[str, Any]:
@@ -174,6 +185,8 @@ def conclude(
         },
         "search_seconds": round(search_seconds, 1),
         "environment": environment(trialist.threads),
+        # the report's layer table, measured here so that the report only reads
+        "layers": _layers(trialist, run_dir / "sweetspot" if chosen.point else None),
     }
     (run_dir / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

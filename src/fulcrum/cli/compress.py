@@ -185,6 +185,10 @@ def compress_and_compare(
             for k, v in latency.items()
         ],
         "environment": base_profile.environment,
+        "layers": {
+            "baseline": measure.layer_rows(workload.model, workload.example_inputs),
+            "sweet spot": measure.layer_rows(candidate.model, workload.example_inputs),
+        },
     }
     if out is not None:
         save_candidate(candidate, out, workload.example_inputs, _source(workload))

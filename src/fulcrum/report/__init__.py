@@ -99,6 +99,7 @@ def from_compress(result: dict[str, Any]) -> dict[str, Any]:
             "recipe": result["recipe"],
         },
         "environment": result["environment"],
+        "layers": result.get("layers", {}),
     }
 
 
@@ -108,41 +109,6 @@ def chosen_folder(run_dir: Path) -> Path | None:
         if (folder / "model.json").is_file():
             return folder
     return None
-
-
-def layer_rows(run_dir: Path, result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Per-layer parameters and MACs of the baseline and the sweet spot (empty if unavailable)."""
-    from torch import nn
-
-    from fulcrum.compression import rebuild
-    from fulcrum.measure import torch_compute
-    from fulcrum.workloads import load
-
-    try:
-        workload = load(result["workload"])
-    except Exception:
-        return {}
-    if not isinstance(workload.model, nn.Module):
-        return {}
-    rows: dict[str, list[dict[str, Any]]] = {}
-    models = {"baseline": workload.model}
-    chosen = chosen_folder(run_dir)
-    if chosen is not None:
-        models["sweet spot"] = rebuild(workload.model, chosen)
-    for name, model in models.items():
-        _, _, layers = torch_compute(model, workload.example_inputs)
-        rows[name] = [
-            {
-                "name": la.name,
-                "kind": la.kind,
-                "params": la.params,
-                "macs": la.macs,
-                "share": la.share,
-            }
-            for la in layers
-            if la.params or la.macs
-        ]
-    return rows
 
 
 def pareto_png(result: dict[str, Any], path: Path) -> Path:
@@ -334,7 +300,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     html = env.from_string(TEMPLATE.read_text()).render(
         result=result,
         trials=trials,
-        layers=layer_rows(run_dir, result),
+        layers=result.get("layers", {}),  # measured by the run that wrote it
         card=card_text,
         plotly=get_plotlyjs(),
         command=reproduce(result),
