@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fulcrum import measure
+from fulcrum import timing
 from fulcrum.compression import compress, onnx_bytes
 from fulcrum.evaluation import evaluate_workload
 from fulcrum.runtimes import OnnxModel, default_threads
@@ -94,7 +94,7 @@ def main() -> None:
     runners = {k: OnnxModel(v, threads) for k, v in models.items()}
     times = {}
     for length in (128, median):
-        times[length] = measure.compare_latency(
+        times[length] = timing.compare_latency(
             runners,
             at_length(workload.example_inputs, length),
             batch_sizes=(1,),

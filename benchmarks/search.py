@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fulcrum import measure
+from fulcrum import timing
 from fulcrum.compression import compress, onnx_bytes
 from fulcrum.evaluation import evaluate
 from fulcrum.runtimes import OnnxModel, default_threads
@@ -103,7 +103,7 @@ def main() -> None:
 
     floor = base_metric - args.max_drop / 100
     scored = {k: metric_of(v) for k, v in singles.items()}
-    timings = measure.compare_latency(
+    timings = timing.compare_latency(
         {k: OnnxModel(v, threads) for k, v in singles.items()}
         | {"baseline": OnnxModel(base_bytes, threads)},
         workload.example_inputs,
@@ -120,7 +120,7 @@ def main() -> None:
     models["best single technique"] = singles[best]
     recipes["best single technique"] = best
 
-    times = measure.compare_latency(
+    times = timing.compare_latency(
         {k: OnnxModel(v, threads) for k, v in models.items()},
         workload.example_inputs,
         batch_sizes=(1, 32),

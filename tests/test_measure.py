@@ -6,7 +6,7 @@ import torch
 import transformers  # a test dependency: make installs fulcrum[text]
 from torch import nn
 
-from fulcrum import measure
+from fulcrum import measure, timing
 from fulcrum.errors import ConfigError, ShapeError
 from fulcrum.runtimes import OnnxModel, export_onnx
 
@@ -107,9 +107,7 @@ def test_wrong_example_inputs_and_options_are_one_line_errors():
 
 
 def test_interleaved_timing_gives_every_callable_the_same_runs():
-    times = measure.time_interleaved(
-        {"a": lambda: None, "b": lambda: sum(range(100))}, seconds=0.01
-    )
+    times = timing.time_interleaved({"a": lambda: None, "b": lambda: sum(range(100))}, seconds=0.01)
     assert len(times["a"]) == len(times["b"]) >= 30
 
 

@@ -3,19 +3,18 @@
 Conventions: MACs are multiply-accumulates; FLOPs = 2 x MACs. Compute is counted by
 ``torch.utils.flop_counter`` on a copy of the model on the meta device (no real arithmetic), or
 in one real forward pass where the model's code needs real values (attention masks), or from the
-ONNX graph for ONNX models; ``Profile.counted_on`` says which. Latency is
-measured after warm-up with every (runtime, batch size) pair timed in interleaved rounds in one
-process, so that machine drift affects all of them alike.
+ONNX graph for ONNX models; ``Profile.counted_on`` says which. This module counts size and
+compute and puts a profile together; latency is timed by ``fulcrum.timing`` (interleaved rounds
+in one process, so that machine drift affects every runtime alike), peak memory by
+``fulcrum.memory``, and the CLI renders the result (``fulcrum.cli.profile``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import platform
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,9 @@ from torch import nn
 
 from fulcrum import runtimes
 from fulcrum.errors import ConfigError
+from fulcrum.memory import rss_peak_increase, torch_peak_activation_bytes
 from fulcrum.runtimes import OnnxModel
+from fulcrum.timing import Latency, bind, summarize, time_interleaved, torch_call
 
 FLOP_CONVENTION = "FLOPs = 2 x MACs"
 
@@ -40,20 +41,6 @@ class Layer:
     params: int
     macs: int
     share: float  # of total MACs
-
-
-@dataclass(frozen=True)
-class Latency:
-    runtime: str
-    batch_size: int
-    threads: int
-    runs: int
-    median_ms: float
-    p90_ms: float
-    p99_ms: float
-    min_ms: float
-    spread_pct: float  # (p90 - p10) / median
-    throughput_per_s: float
 
 
 @dataclass(frozen=True)
@@ -383,104 +370,6 @@ def onnx_compute(
     return total, by_op, layers
 
 
-# -- latency ----------------------------------------------------------------------------------
-
-
-def time_interleaved(
-    calls: dict[Any, Callable[[], object]],
-    *,
-    warmup: int = 5,
-    seconds: float = 2.0,
-    min_runs: int = 30,
-    max_runs: int = 500,
-    block: int = 5,
-) -> dict[Any, list[float]]:
-    """Time every callable in interleaved rounds; return each one's run times in seconds.
-
-    Each round gives every callable one untimed run (other runtimes' worker threads may still
-    be spinning from their turn) and then ``block`` timed runs. Interleaving means slow phases of
-    a drifting machine hit every callable alike, so ratios between them stay honest.
-    """
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    start = time.perf_counter()
-    for fn in calls.values():
-        fn()
-    per_run = max(time.perf_counter() - start, 1e-6)
-    runs = int(min(max(seconds / per_run, min_runs), max_runs))
-    rounds = max(1, -(-runs // block))
-    times: dict[Any, list[float]] = {key: [] for key in calls}
-    for _ in range(rounds):
-        for key, fn in calls.items():
-            fn()
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
-    return times
-
-
-def summarize(runtime: str, batch_size: int, threads: int, seconds: list[float]) -> Latency:
-    ms = np.asarray(seconds) * 1e3
-    median = float(np.median(ms))
-    p10, p90, p99 = (float(v) for v in np.percentile(ms, [10, 90, 99]))
-    return Latency(
-        runtime=runtime,
-        batch_size=batch_size,
-        threads=threads,
-        runs=len(ms),
-        median_ms=round(median, 4),
-        p90_ms=round(p90, 4),
-        p99_ms=round(p99, 4),
-        min_ms=round(float(ms.min()), 4),
-        spread_pct=round((p90 - p10) / median * 100, 2),
-        throughput_per_s=round(batch_size / (median / 1e3), 2),
-    )
-
-
-# -- memory -----------------------------------------------------------------------------------
-
-
-def torch_peak_activation_bytes(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
-    """Peak bytes the CPU allocator holds above its starting point during one forward pass."""
-    from torch.profiler import ProfilerActivity, profile
-
-    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # otherwise kineto prints start/stop lines
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.no_grad():
-        model(*inputs)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    current = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak
-
-
-def _rss_kib(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def rss_peak_increase(fn: Callable[[], object]) -> int | None:
-    """Bytes by which the process's peak resident memory rises while ``fn`` runs (Linux)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        return None
-    before = _rss_kib("VmRSS")
-    fn()
-    after = _rss_kib("VmHWM")
-    if before is None or after is None:
-        return None
-    return max(after - before, 0) * 1024
-
-
 # -- profile ----------------------------------------------------------------------------------
 
 
@@ -581,9 +470,9 @@ def _profile(
                 for b in batch_sizes:
                     batch = runtimes.with_batch(inputs, b)
                     if "torch" in runtimes_:
-                        calls[("torch", b)] = _torch_call(model, batch)
+                        calls[("torch", b)] = torch_call(model, batch)
                     if onnx_model is not None:
-                        calls[("onnxruntime", b)] = _bind(onnx_model, batch)
+                        calls[("onnxruntime", b)] = bind(onnx_model, batch)
                 times = time_interleaved(calls, seconds=seconds)
                 lat = [summarize(rt, b, threads, times[(rt, b)]) for rt, b in calls]
     return Profile(
@@ -604,18 +493,6 @@ def _profile(
         environment=environment(threads),
         counted_on=counted_on,
     )
-
-
-def _torch_call(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> Callable[[], object]:
-    def call() -> object:
-        with torch.inference_mode():
-            return model(*batch)
-
-    return call
-
-
-def _bind(fn: Callable[..., object], batch: tuple[torch.Tensor, ...]) -> Callable[[], object]:
-    return lambda: fn(*batch)
 
 
 def profile_onnx(
@@ -650,7 +527,7 @@ def profile_onnx(
     peak = rss_peak_increase(lambda: model.reload()(*largest))
     lat: list[Latency] = []
     if latency:
-        calls = {b: _bind(model, runtimes.with_batch(inputs, b)) for b in batch_sizes}
+        calls = {b: bind(model, runtimes.with_batch(inputs, b)) for b in batch_sizes}
         times = time_interleaved(calls, seconds=seconds)
         lat = [summarize("onnxruntime", b, threads, times[b]) for b in batch_sizes]
     return Profile(
@@ -671,119 +548,3 @@ def profile_onnx(
         environment=environment(threads),
         counted_on="graph",
     )
-
-
-# -- printing ---------------------------------------------------------------------------------
-
-
-def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23 M'."""
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f} {prefix}{unit}"
-    return f"{n:.0f} {unit}".rstrip()
-
-
-def human_bytes(n: float) -> str:
-    for factor, prefix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f} {prefix}"
-    return f"{n:.0f} B"
-
-
-def render(p: Profile, console: Any = None, max_rows: int = 40) -> None:
-    """Print a profile: a per-layer table, then totals, latency and memory."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    layers = Table(title=f"{p.model} — layers", title_justify="left")
-    for col in ("layer", "type", "output shape", "params", "MACs", "share"):
-        layers.add_column(col, justify="right" if col in ("params", "MACs", "share") else "left")
-    shown = (
-        p.layers
-        if len(p.layers) <= max_rows
-        else sorted(p.layers, key=lambda la: -la.macs - la.params)[:max_rows]
-    )
-    order = {id(la): i for i, la in enumerate(p.layers)}
-    for la in sorted(shown, key=lambda la: order[id(la)]):
-        layers.add_row(
-            la.name,
-            la.kind,
-            "x".join(map(str, la.output_shape)) if la.output_shape else "-",
-            f"{la.params:,}",
-            human(la.macs),
-            f"{la.share:.1%}",
-        )
-    console.print(layers)
-    if len(shown) < len(p.layers):
-        console.print(
-            f"  ... {len(p.layers) - len(shown)} smaller layers not shown (all are in --json)"
-        )
-    summary = Table(title="totals", title_justify="left", show_header=False)
-    summary.add_column(justify="left", no_wrap=True)
-    summary.add_column(justify="right", no_wrap=True)
-    summary.add_row("input shapes", ", ".join("x".join(map(str, s)) for s in p.input_shapes))
-    summary.add_row(
-        "parameters (total / trainable / non-zero)",
-        f"{p.params_total:,} / {p.params_trainable:,} / {p.params_nonzero:,}",
-    )
-    summary.add_row(
-        "bytes by dtype", ", ".join(f"{k}: {human_bytes(v)}" for k, v in p.bytes_by_dtype.items())
-    )
-    summary.add_row(
-        "artifact on disk", ", ".join(f"{k}: {human_bytes(v)}" for k, v in p.artifact_bytes.items())
-    )
-    counted = {
-        "meta": "on the meta device",
-        "forward": "in one forward pass on the example inputs (the meta device could not run it)",
-        "graph": "from the ONNX graph",
-    }.get(p.counted_on, p.counted_on)
-    summary.add_row(f"MACs ({p.flop_convention})", f"{human(p.macs)} MACs = {human(p.flops)} FLOPs")
-    summary.add_row("MACs counted", counted)
-    top_ops = sorted(p.macs_by_op.items(), key=lambda kv: -kv[1])[:6]
-    summary.add_row("MACs by op", ", ".join(f"{k}: {human(v)}" for k, v in top_ops) or "-")
-    summary.add_row(
-        "peak memory of inference",
-        ", ".join(f"{k}: {human_bytes(v)}" for k, v in p.peak_memory_bytes.items()) or "-",
-    )
-    console.print(summary)
-    if p.latency:
-        table = Table(title=f"latency ({p.threads} threads; ms)", title_justify="left")
-        for col in ("runtime", "batch", "median", "p90", "p99", "spread", "runs", "items/s"):
-            table.add_column(col, justify="left" if col == "runtime" else "right")
-        for lat in p.latency:
-            table.add_row(
-                lat.runtime,
-                str(lat.batch_size),
-                f"{lat.median_ms:.3f}",
-                f"{lat.p90_ms:.3f}",
-                f"{lat.p99_ms:.3f}",
-                f"{lat.spread_pct:.1f}%",
-                str(lat.runs),
-                f"{lat.throughput_per_s:,.0f}",
-            )
-        console.print(table)
-
-
-def compare_latency(
-    runners: dict[str, Callable[..., object]],
-    example_inputs: Sequence[torch.Tensor],
-    *,
-    batch_sizes: Sequence[int] = (1, 32),
-    threads: int | None = None,
-    seconds: float = 2.0,
-) -> dict[tuple[str, int], Latency]:
-    """Time several models side by side, interleaved in one process, at each batch size.
-
-    ``runners`` maps a label (say "baseline/onnxruntime") to a callable taking the model inputs.
-    """
-    threads = threads or runtimes.default_threads()
-    calls: dict[tuple[str, int], Callable[[], object]] = {}
-    with runtimes.torch_threads(threads), torch.inference_mode():
-        for b in batch_sizes:
-            batch = runtimes.with_batch(runtimes.as_inputs(tuple(example_inputs)), b)
-            for label, runner in runners.items():
-                calls[(label, b)] = _bind(runner, batch)
-        times = time_interleaved(calls, seconds=seconds * len(batch_sizes))
-    return {key: summarize(key[0], key[1], threads, values) for key, values in times.items()}

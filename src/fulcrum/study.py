@@ -307,7 +307,7 @@ class Baseline:
 
 
 def measure_baseline(workload: Any, settings: SearchSettings, threads: int) -> Baseline:
-    from fulcrum import measure
+    from fulcrum import measure, timing
     from fulcrum.compression import onnx_bytes
     from fulcrum.evaluation import evaluate_workload
     from fulcrum.metrics import MAIN_METRIC
@@ -324,7 +324,7 @@ def measure_baseline(workload: Any, settings: SearchSettings, threads: int) -> B
         size = len(data)
     else:
         runner, size = workload.model, profile.artifact_bytes["safetensors"]
-    times = measure.compare_latency(
+    times = timing.compare_latency(
         {"baseline": runner},
         workload.example_inputs,
         batch_sizes=(settings.batch_size,),
@@ -372,7 +372,7 @@ class Trialist:
     def objective(self, trial: Any) -> list[float]:
         import optuna
 
-        from fulcrum import measure
+        from fulcrum import measure, timing
         from fulcrum.compression import compress, deployed, onnx_bytes, recipe_text, save_candidate
         from fulcrum.evaluation import evaluate_workload
         from fulcrum.metrics import MAIN_METRIC
@@ -428,7 +428,7 @@ class Trialist:
             size = measure.safetensors_bytes(candidate.model)
         evaluation = evaluate_workload(workload, runner, threads=self.threads)
         metric = float(evaluation.metrics[MAIN_METRIC[workload.task]] or 0.0)
-        times = measure.compare_latency(
+        times = timing.compare_latency(
             {"baseline": self.base.runner, "candidate": runner},
             workload.example_inputs,
             batch_sizes=(settings.batch_size,),

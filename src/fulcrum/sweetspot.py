@@ -91,7 +91,7 @@ def conclude(
     """The frontier, its finalists re-measured, the pick, results.json and sweetspot/."""
     from optuna.trial import TrialState
 
-    from fulcrum import frontier, measure
+    from fulcrum import frontier, timing
     from fulcrum.measure import environment
     from fulcrum.runtimes import OnnxModel
 
@@ -120,7 +120,7 @@ def conclude(
                 from fulcrum.compression import rebuild
 
                 runners[p.key] = rebuild(trialist.workload.model, folder)
-        times = measure.compare_latency(
+        times = timing.compare_latency(
             runners,
             trialist.workload.example_inputs,
             batch_sizes=(settings.batch_size,),

@@ -87,7 +87,7 @@ def compress_and_compare(
     """Compress, evaluate both models on their runtimes, and time them side by side."""
     import onnx
 
-    from fulcrum import measure
+    from fulcrum import measure, timing
     from fulcrum.compression import (
         compress,
         deployed,
@@ -129,7 +129,7 @@ def compress_and_compare(
         runners["candidate/torch"] = candidate.model
     runners["candidate/onnxruntime"] = OnnxModel(cand_onnx, threads)
     say("timing baseline and candidate side by side")
-    latency = measure.compare_latency(
+    latency = timing.compare_latency(
         runners, workload.example_inputs, batch_sizes=batch_sizes, threads=threads, seconds=seconds
     )
     if isinstance(runner, OnnxModel):
@@ -218,7 +218,7 @@ def render(result: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from fulcrum.measure import human, human_bytes
+    from fulcrum.cli.common import human, human_bytes
 
     console = Console()
     base, cand = result["baseline"], result["candidate"]

@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"demo-{timestamp()}"
     workload = workloads.load("digits")
     console.print(f"[bold]1/4 profiling the digits baseline[/bold] ({workload.description})")
-    measure.render(measure.profile(workload.model, workload.example_inputs), max_rows=12)
+    from fulcrum.cli.profile import render as render_profile
+
+    render_profile(measure.profile(workload.model, workload.example_inputs), max_rows=12)
     console.print(
         f"[bold]2/4 searching {args.trials} recipes[/bold] (within 1.0 pt of the baseline's accuracy)"
     )

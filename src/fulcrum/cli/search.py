@@ -160,7 +160,7 @@ def render(result: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from fulcrum.measure import human_bytes
+    from fulcrum.cli.common import human_bytes
 
     console = Console(width=None if Console().is_terminal else 120)
     base = result["baseline"]

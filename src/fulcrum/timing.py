@@ -1,0 +1,120 @@
+"""Latency: warm-up, then interleaved timed runs, summarised as percentiles.
+
+Everything compared is timed in one process, interleaved in rounds, so that the drift of a
+shared machine hits every candidate alike and ratios between them stay honest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fulcrum import runtimes
+
+
+@dataclass(frozen=True)
+class Latency:
+    runtime: str
+    batch_size: int
+    threads: int
+    runs: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    spread_pct: float  # (p90 - p10) / median
+    throughput_per_s: float
+
+
+def time_interleaved(
+    calls: dict[Any, Callable[[], object]],
+    *,
+    warmup: int = 5,
+    seconds: float = 2.0,
+    min_runs: int = 30,
+    max_runs: int = 500,
+    block: int = 5,
+) -> dict[Any, list[float]]:
+    """Time every callable in interleaved rounds; return each one's run times in seconds.
+
+    Each round gives every callable one untimed run (other runtimes' worker threads may still
+    be spinning from their turn) and then ``block`` timed runs. Interleaving means slow phases of
+    a drifting machine hit every callable alike, so ratios between them stay honest.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    start = time.perf_counter()
+    for fn in calls.values():
+        fn()
+    per_run = max(time.perf_counter() - start, 1e-6)
+    runs = int(min(max(seconds / per_run, min_runs), max_runs))
+    rounds = max(1, -(-runs // block))
+    times: dict[Any, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(runtime: str, batch_size: int, threads: int, seconds: list[float]) -> Latency:
+    ms = np.asarray(seconds) * 1e3
+    median = float(np.median(ms))
+    p10, p90, p99 = (float(v) for v in np.percentile(ms, [10, 90, 99]))
+    return Latency(
+        runtime=runtime,
+        batch_size=batch_size,
+        threads=threads,
+        runs=len(ms),
+        median_ms=round(median, 4),
+        p90_ms=round(p90, 4),
+        p99_ms=round(p99, 4),
+        min_ms=round(float(ms.min()), 4),
+        spread_pct=round((p90 - p10) / median * 100, 2),
+        throughput_per_s=round(batch_size / (median / 1e3), 2),
+    )
+
+
+def torch_call(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    def call() -> object:
+        with torch.inference_mode():
+            return model(*batch)
+
+    return call
+
+
+def bind(fn: Callable[..., object], batch: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    return lambda: fn(*batch)
+
+
+def compare_latency(
+    runners: dict[str, Callable[..., object]],
+    example_inputs: Sequence[torch.Tensor],
+    *,
+    batch_sizes: Sequence[int] = (1, 32),
+    threads: int | None = None,
+    seconds: float = 2.0,
+) -> dict[tuple[str, int], Latency]:
+    """Time several models side by side, interleaved in one process, at each batch size.
+
+    ``runners`` maps a label (say "baseline/onnxruntime") to a callable taking the model inputs.
+    """
+    threads = threads or runtimes.default_threads()
+    calls: dict[tuple[str, int], Callable[[], object]] = {}
+    with runtimes.torch_threads(threads), torch.inference_mode():
+        for b in batch_sizes:
+            batch = runtimes.with_batch(runtimes.as_inputs(tuple(example_inputs)), b)
+            for label, runner in runners.items():
+                calls[(label, b)] = bind(runner, batch)
+        times = time_interleaved(calls, seconds=seconds * len(batch_sizes))
+    return {key: summarize(key[0], key[1], threads, values) for key, values in times.items()}
