@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fulcrum.cli.compress import compress_and_compare
+from fulcrum.runs import compress_run
 from fulcrum.workloads import Workload, load
 
 RECIPES = {
@@ -131,7 +131,7 @@ def main() -> None:
         for label, recipe in RECIPES[name].items():
             if args.recipe and label not in args.recipe:
                 continue
-            result = compress_and_compare(workload, recipe, seconds=args.seconds)
+            result = compress_run(workload, recipe, seconds=args.seconds)["comparison"]
             rows.append(summarize(label, result))
             r = rows[-1]
             print(

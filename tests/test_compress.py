@@ -107,6 +107,8 @@ def test_compress_command_writes_a_run_folder(capsys, user_dir, tmp_path):
     out = capsys.readouterr().out
     assert code == 0 and "parameters" in out and "faster" in out
     result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["command"] == "compress" and result["pick"]["point"]["recipe"]  # one schema
+    result = result["comparison"]  # and the before/after figures of a compress run
     assert result["candidate"]["params"] < result["baseline"]["params"]
     assert {(r["model"], r["runtime"], r["batch_size"]) for r in result["latency"]} == {
         (m, rt, b)

@@ -58,7 +58,7 @@ def test_binary_and_regression_compress_and_search_end_to_end(tasks_dir, task, c
     recipe = "prune:0.3,round_to=1 > finetune:2 > quantize:int8-static"
     argv = ["compress", str(tasks_dir / f"{task}.toml"), "--recipe", recipe, "--out", str(run)]
     assert main([*argv, "--seconds", "0.02", "--batch-sizes", "1", "--threads", "1"]) == 0
-    metrics = json.loads((run / "results.json").read_text())["candidate"]["evaluation"]["metrics"]
+    metrics = json.loads((run / "results.json").read_text())["trials"][0]["metrics"]
     assert {"binary": "roc_auc", "regression": "r2"}[task] in metrics
     out = tasks_dir / f"{task}-search"
     assert search(tasks_dir, task, out, "--max-drop", "100") == 0

@@ -136,7 +136,7 @@ def test_fp32_pruned_and_int8_exports_match(tmp_path, kind, recipe):
     records = {
         fmt: export(run, fmt=fmt, out=tmp_path / fmt) for fmt in ("onnx", "safetensors", "pt2")
     }
-    recorded = json.loads((run / "results.json").read_text())["candidate"]["evaluation"]
+    recorded = json.loads((run / "results.json").read_text())["pick"]["point"]
     for fmt, record in records.items():
         parity = record["parity"]
         if kind == "int8" and fmt == "onnx":  # int8 deviates from float by design: reported
@@ -144,7 +144,7 @@ def test_fp32_pruned_and_int8_exports_match(tmp_path, kind, recipe):
         else:  # the float model itself, or its int8 candidate's float weights
             assert parity["max_abs"] <= 1e-4, (kind, fmt, parity)
         if fmt == "onnx" or kind != "int8":  # the artifact is what was measured
-            assert parity["metric"]["recorded"] == recorded["metrics"]["accuracy"]
+            assert parity["metric"]["recorded"] == recorded["metric"]
             assert abs(parity["metric"]["exported"] - parity["metric"]["recorded"]) <= 0.005
 
 
@@ -156,7 +156,7 @@ def test_an_export_that_does_not_reproduce_the_recorded_metric_is_refused(tmp_pa
     args = ["compress", str(toml), "--recipe", "quantize:int8-static", "--out", str(run)]
     assert main([*args, "--seconds", "0.02", "--batch-sizes", "1", "--threads", "1"]) == 0
     results = json.loads((run / "results.json").read_text())
-    results["candidate"]["evaluation"]["metrics"]["accuracy"] -= 0.2  # not what the file scores
+    results["pick"]["point"]["metric"] -= 0.2  # not what the file scores
     (run / "results.json").write_text(json.dumps(results))
     with pytest.raises(OnnxError, match="but the run recorded"):
         export(run, fmt="onnx", out=tmp_path / "refused")

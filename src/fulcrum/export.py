@@ -82,12 +82,10 @@ def recorded_metric(run_dir: Path, source: Path) -> tuple[str, float] | None:
     from fulcrum.metrics import MAIN_METRIC
 
     result = json.loads((run_dir / "results.json").read_text())
-    if "main_metric" in result:  # a compress run
-        name = result["main_metric"]
-        return name, float(result["candidate"]["evaluation"]["metrics"][name])
     name = MAIN_METRIC.get(str(result.get("task")), "metric")
-    if source.name == "sweetspot" and result.get("pick", {}).get("point"):
-        return name, float(result["pick"]["point"]["metric"])
+    point = result.get("pick", {}).get("point")
+    if source.name == "sweetspot" or source == run_dir:  # a search's pick, or a compress run
+        return (name, float(point["metric"])) if point else None
     for trial in result.get("trials", []):
         if str(trial.get("number")) == source.name and trial.get("metric") is not None:
             return name, float(trial["metric"])

@@ -165,7 +165,9 @@ def conclude(
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(run_dir / "trials" / chosen.point.key, target)
     result = {
+        "command": "search",
         "workload": reference["workload_source"],
+        "task": trialist.workload.task,
         "settings": asdict(settings),
         "baseline": {
             k: reference[k]

@@ -99,7 +99,7 @@ def check_run_folder(out: Path | None, command: str) -> None:
         previous = json.loads((out / "results.json").read_text())
     except (OSError, ValueError):
         previous = {}
-    kind = "compress" if "main_metric" in previous else "search"
+    kind = previous.get("command", "search")
     if kind != command:
         raise ConfigError(
             f"--out {str(out)!r} holds a `fulcrum {kind}` run; a `fulcrum {command}` run needs a "

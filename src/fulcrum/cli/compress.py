@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{workload.name}-{timestamp()}"
     check_writable(out, "--out", folder=True)
     check_run_folder(out, "compress")
-    result = compress_and_compare(
+    from fulcrum.runs import compress_run
+
+    result = compress_run(
         workload,
         recipe,
         seed=args.seed,
@@ -73,145 +73,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def compress_and_compare(
-    workload: Any,
-    recipe: Any,
-    *,
-    seed: int = 0,
-    threads: int | None = None,
-    batch_sizes: list[int] | tuple[int, ...] = (1, 32),
-    seconds: float = 2.0,
-    progress: Any = None,
-    out: Path | None = None,
-) -> dict[str, Any]:
-    """Compress, evaluate both models on their runtimes, and time them side by side."""
-    import onnx
-
-    from fulcrum import measure, timing
-    from fulcrum.compression import (
-        compress,
-        deployed,
-        onnx_bytes,
-        recipe_from,
-        recipe_text,
-        save_candidate,
-    )
-    from fulcrum.evaluation import evaluate_workload
-    from fulcrum.metrics import MAIN_METRIC
-    from fulcrum.runtimes import OnnxModel, default_threads
-    from fulcrum.techniques import Candidate
-
-    threads = threads or default_threads()
-    say = progress or (lambda _m: None)
-    start = time.perf_counter()
-    say("evaluating the baseline")
-    base_eval = evaluate_workload(workload, threads=threads)
-    steps = recipe_from(recipe) if isinstance(recipe, str) else tuple(recipe)
-    candidate = compress(workload.model, steps, workload, seed=seed, threads=threads, progress=say)
-    compress_seconds = time.perf_counter() - start
-    say("evaluating the candidate on its runtime")
-    runner = deployed(candidate, threads)
-    cand_eval = evaluate_workload(workload, runner, threads=threads)
-    say("measuring size and compute")
-    base_profile = measure.profile(
-        workload.model, workload.example_inputs, latency=False, runtimes_=("torch",)
-    )
-    cand_profile = measure.profile(
-        candidate.model, workload.example_inputs, latency=False, runtimes_=("torch",)
-    )
-    base_onnx = onnx_bytes(Candidate(model=workload.model), workload.example_inputs)
-    cand_onnx = onnx_bytes(candidate, workload.example_inputs)
-    runners: dict[str, Any] = {
-        "baseline/torch": workload.model,
-        "baseline/onnxruntime": OnnxModel(base_onnx, threads),
-    }
-    if candidate.onnx is None:
-        runners["candidate/torch"] = candidate.model
-    runners["candidate/onnxruntime"] = OnnxModel(cand_onnx, threads)
-    say("timing baseline and candidate side by side")
-    latency = timing.compare_latency(
-        runners, workload.example_inputs, batch_sizes=batch_sizes, threads=threads, seconds=seconds
-    )
-    if isinstance(runner, OnnxModel):
-        cand_nonzero = sum(
-            int((t != 0).sum()) for t in _initializers(onnx.load_from_string(cand_onnx))
-        )
-    else:
-        cand_nonzero = cand_profile.params_nonzero
-    main = MAIN_METRIC[workload.task]
-    result: dict[str, Any] = {
-        "workload": workload.name,
-        "workload_source": _source(workload),
-        "task": workload.task,
-        "recipe": recipe_text(steps),
-        "steps": [
-            {"config": s.config, "seconds": s.seconds, "notes": list(s.notes), "facts": s.facts}
-            for s in candidate.steps
-        ],
-        "runtime": candidate.runtime,
-        "seed": seed,
-        "threads": threads,
-        "compress_seconds": round(compress_seconds, 2),
-        "main_metric": main,
-        "baseline": {
-            "evaluation": base_eval.to_dict(),
-            "params": base_profile.params_total,
-            "params_nonzero": base_profile.params_nonzero,
-            "macs": base_profile.macs,
-            "bytes": {
-                "safetensors": base_profile.artifact_bytes["safetensors"],
-                "onnx": len(base_onnx),
-            },
-        },
-        "candidate": {
-            "evaluation": cand_eval.to_dict(),
-            "params": cand_profile.params_total,
-            "params_nonzero": cand_nonzero,
-            "macs": cand_profile.macs,
-            "bytes": {
-                "safetensors": cand_profile.artifact_bytes["safetensors"],
-                "onnx": len(cand_onnx),
-            },
-        },
-        "latency": [
-            {
-                "model": k[0].split("/")[0],
-                "runtime": k[0].split("/")[1],
-                "batch_size": k[1],
-                "median_ms": v.median_ms,
-                "p90_ms": v.p90_ms,
-                "runs": v.runs,
-            }
-            for k, v in latency.items()
-        ],
-        "environment": base_profile.environment,
-        "layers": {
-            "baseline": measure.layer_rows(workload.model, workload.example_inputs),
-            "sweet spot": measure.layer_rows(candidate.model, workload.example_inputs),
-        },
-    }
-    if out is not None:
-        save_candidate(candidate, out, workload.example_inputs, _source(workload))
-        (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return result
-
-
-def _initializers(proto: Any) -> list[Any]:
-    from onnx import numpy_helper
-
-    return [
-        numpy_helper.to_array(i)
-        for i in proto.graph.initializer
-        if i.data_type in (1, 2, 3, 10, 11, 16)
-    ]
-
-
-def _source(workload: Any) -> str:
-    from fulcrum.workloads import source_of
-
-    return source_of(workload)
-
-
 def render(result: dict[str, Any]) -> None:
     """The before/after table: metrics, size, compute, latency, and the ratios."""
     from rich.console import Console
@@ -221,6 +82,7 @@ def render(result: dict[str, Any]) -> None:
     from fulcrum.cli.common import human, human_bytes
 
     console = Console()
+    result = result["comparison"]  # the before/after figures of a compress run
     base, cand = result["baseline"], result["candidate"]
     table = Table(
         title=f"{result['workload']}: {escape(result['recipe'])}  (runs on {result['runtime']})",

@@ -36,11 +36,18 @@ def run(args: argparse.Namespace) -> int:
     record = export(args.run_dir, fmt=args.format, trial=args.trial, out=args.out, force=args.force)
     p = record["parity"]
     print(f"exported {', '.join(record['files'])} to {record['out']}")
-    print(
-        f"verified on {p['samples']} validation samples: max abs difference {p['max_abs']:.3g}, "
-        f"max relative {p['max_rel']:.3g} (tolerance atol {record['tolerance']['atol']}, "
-        f"rtol {record['tolerance']['rtol']})"
-    )
-    if "int8_vs_float_max_abs" in p:
-        print(f"int8 against the float model: max abs difference {p['int8_vs_float_max_abs']:.3g}")
+    metric = p.get("metric", {})
+    if metric.get("recorded") is not None:
+        print(
+            f"re-evaluated on the validation split: {metric['name']} {metric['exported']:.4f}, "
+            f"as recorded ({metric['recorded']:.4f}; tolerance {metric['tolerance']})"
+        )
+    if "max_abs" in p:
+        print(
+            f"against the float model on {p['samples']} validation samples: max abs difference "
+            f"{p['max_abs']:.3g}, max relative {p['max_rel']:.3g} (tolerance atol "
+            f"{record['tolerance']['atol']}, rtol {record['tolerance']['rtol']})"
+        )
+    if "vs_float_max_abs" in p:
+        print(f"deviation from the float model: max abs {p['vs_float_max_abs']:.3g}")
     return 0

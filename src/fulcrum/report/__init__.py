@@ -34,73 +34,12 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path} is not valid JSON ({exc.msg}); the run was interrupted before it ended."
         ) from None
-    if "candidate" in result and "steps" in result:
-        return from_compress(result)
     missing = [k for k in ("baseline", "trials", "frontier", "pick", "settings") if k not in result]
     if missing:
         raise ConfigError(
             f"{path} lacks {', '.join(missing)}: it is not from `fulcrum search` or `fulcrum compress`."
         )
     return result
-
-
-def from_compress(result: dict[str, Any]) -> dict[str, Any]:
-    """A compress run seen as a search of one trial, so that one report template serves both."""
-    from fulcrum.metrics import MAIN_METRIC
-
-    main = MAIN_METRIC[result["task"]]
-    runtime = result["runtime"] if result["runtime"] == "onnxruntime" else "torch"
-    rows = {(r["model"], r["runtime"], r["batch_size"]): r["median_ms"] for r in result["latency"]}
-    batch = min(r["batch_size"] for r in result["latency"])
-
-    def figures(side: str) -> dict[str, Any]:
-        data = result[side]
-        return {
-            "metric": data["evaluation"]["metrics"][main],
-            "metrics": data["evaluation"]["metrics"],
-            "latency_ms": rows.get((side, runtime, batch)) or rows[(side, "onnxruntime", batch)],
-            "size_bytes": data["bytes"]["onnx"],
-            "macs": data["macs"],
-            "params": data["params"],
-        }
-
-    candidate = {**figures("candidate"), "trial": "0", "recipe": result["recipe"]}
-    trial = {
-        "number": 0,
-        "state": "COMPLETE",
-        **candidate,
-        "constraints": [0.0],
-        "seconds": result["compress_seconds"],
-        "notes": [n for step in result["steps"] for n in step["notes"]],
-    }
-    return {
-        "workload": result["workload_source"],
-        "baseline": figures("baseline"),
-        "trials": [trial],
-        "frontier": [candidate],
-        "search_seconds": result["compress_seconds"],
-        "pick": {
-            "policy": "recipe",
-            "reason": f"the result of the recipe {result['recipe']}",
-            "point": candidate,
-            "closest": [],
-        },
-        "settings": {
-            "runtime": runtime,
-            "batch_size": batch,
-            "seed": result["seed"],
-            "budgets": {},
-            "max_drop": None,
-            "relative": False,
-            "objectives": ["metric", "latency_ms"],
-            "trials": 1,
-            "sampler": "-",
-            "policy": "recipe",
-            "recipe": result["recipe"],
-        },
-        "environment": result["environment"],
-        "layers": result.get("layers", {}),
-    }
 
 
 def chosen_folder(run_dir: Path) -> Path | None:
