@@ -15,7 +15,7 @@ import time
 import tomllib
 from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from fulcrum.errors import ConfigError
 from fulcrum.runtimes import OnnxModel, export_onnx, with_batch
 from fulcrum.techniques import Candidate, Context, TechniqueConfig, config_from_dict, get
 from fulcrum.techniques.base import coerce
+
+if TYPE_CHECKING:
+    from fulcrum.workloads import Workload
 
 Recipe = tuple[TechniqueConfig, ...]
 
@@ -102,7 +105,7 @@ def recipe_text(recipe: Sequence[TechniqueConfig]) -> str:
 
 
 def context_of(
-    workload: Any,
+    workload: Workload,
     *,
     seed: int = 0,
     threads: int = 1,
@@ -129,7 +132,7 @@ def context_of(
 def compress(
     model: nn.Module,
     recipe: Sequence[TechniqueConfig] | str,
-    workload: Any,
+    workload: Workload,
     *,
     seed: int = 0,
     threads: int | None = None,
@@ -158,7 +161,7 @@ def compress(
 def _compress(
     model: nn.Module,
     steps: Recipe,
-    workload: Any,
+    workload: Workload,
     seed: int,
     threads: int | None,
     progress: Callable[[str], None] | None,

@@ -9,12 +9,15 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fulcrum.errors import ConfigError, DataError
 from fulcrum.metrics import Evaluation, compute, finite_or_none
+
+if TYPE_CHECKING:
+    from fulcrum.workloads import Workload
 
 
 def evaluate(
@@ -77,7 +80,7 @@ def reference_outputs(
 
 
 def evaluate_workload(
-    workload: Any, model: Any = None, *, threshold: float = 0.5, threads: int | None = None
+    workload: Workload, model: Any = None, *, threshold: float = 0.5, threads: int | None = None
 ) -> Evaluation:
     """Score ``model`` (default: the workload's own) on the workload's validation split.
 

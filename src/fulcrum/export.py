@@ -12,12 +12,15 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from torch import nn
 
 from fulcrum.errors import CheckpointError, ConfigError, FulcrumError, OnnxError, first_line
+
+if TYPE_CHECKING:
+    from fulcrum.workloads import Workload
 
 FORMATS = ("onnx", "safetensors", "pt2")
 # float32 graphs agree to rounding; ONNX Runtime fuses and reorders, so allow a little more
@@ -60,7 +63,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def validation_inputs(workload: Any, limit: int = 256) -> tuple[torch.Tensor, ...]:
+def validation_inputs(workload: Workload, limit: int = 256) -> tuple[torch.Tensor, ...]:
     """Up to ``limit`` samples of the validation split (example inputs if there is none)."""
     from fulcrum.runtimes import as_inputs
 

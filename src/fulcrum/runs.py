@@ -12,9 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from fulcrum.errors import ConfigError
 from fulcrum.workloads import Workload
 
 
@@ -49,11 +46,7 @@ def compress_run(
     from fulcrum.runtimes import OnnxModel, default_threads
     from fulcrum.techniques import Candidate
 
-    if not isinstance(workload.model, nn.Module):
-        raise ConfigError(
-            "compress needs a PyTorch model; an ONNX workload can be profiled and evaluated only."
-        )
-    model: nn.Module = workload.model
+    model = workload.pytorch_model("compress")
     threads = threads or default_threads()
     say = progress or (lambda _m: None)
     start = time.perf_counter()
@@ -160,7 +153,7 @@ def _initializers(proto: Any) -> list[Any]:
     ]
 
 
-def _source(workload: Any) -> str:
+def _source(workload: Workload) -> str:
     from fulcrum.workloads import source_of
 
     return source_of(workload)

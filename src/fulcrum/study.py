@@ -26,9 +26,12 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fulcrum.errors import ConfigError, FulcrumError, MissingDependencyError, first_line, suggest
+
+if TYPE_CHECKING:
+    from fulcrum.workloads import Workload
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +309,7 @@ class Baseline:
     runner: Any
 
 
-def measure_baseline(workload: Any, settings: SearchSettings, threads: int) -> Baseline:
+def measure_baseline(workload: Workload, settings: SearchSettings, threads: int) -> Baseline:
     from fulcrum import measure, timing
     from fulcrum.compression import onnx_bytes
     from fulcrum.evaluation import evaluate_workload
@@ -319,7 +322,9 @@ def measure_baseline(workload: Any, settings: SearchSettings, threads: int) -> B
         workload.model, workload.example_inputs, latency=False, runtimes_=("torch",)
     )
     if settings.runtime == "onnxruntime":
-        data = onnx_bytes(Candidate(model=workload.model), workload.example_inputs)
+        data = onnx_bytes(
+            Candidate(model=workload.pytorch_model("search")), workload.example_inputs
+        )
         runner: Any = OnnxModel(data, threads)
         size = len(data)
     else:
@@ -348,7 +353,7 @@ class Trialist:
 
     def __init__(
         self,
-        workload: Any,
+        workload: Workload,
         settings: SearchSettings,
         run_dir: Path,
         threads: int,
@@ -411,7 +416,7 @@ class Trialist:
         if len(self.cache) > 24:
             self.cache.clear()
         candidate = compress(
-            workload.model,
+            workload.pytorch_model("search"),
             recipe,
             workload,
             seed=settings.seed,
@@ -615,7 +620,7 @@ def _worker(
 
 
 def run_study(
-    workload: Any,
+    workload: Workload,
     settings: SearchSettings,
     run_dir: Path,
     *,
@@ -647,7 +652,7 @@ def run_study(
 
 
 def _run_study(
-    workload: Any,
+    workload: Workload,
     settings: SearchSettings,
     run_dir: Path,
     *,

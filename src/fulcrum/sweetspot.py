@@ -13,10 +13,13 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fulcrum.errors import ConfigError, suggest
 from fulcrum.study import OBJECTIVES, SearchSettings, Trialist, run_study
+
+if TYPE_CHECKING:
+    from fulcrum.workloads import Workload
 
 
 def check_policy(settings: SearchSettings) -> None:
@@ -30,7 +33,7 @@ def check_policy(settings: SearchSettings) -> None:
 
 
 def search(
-    workload: Any,
+    workload: Workload,
     settings: SearchSettings,
     run_dir: Path,
     *,
@@ -79,9 +82,10 @@ def _layers(trialist: Trialist, chosen: Path | None) -> dict[str, list[dict[str,
     from fulcrum.measure import layer_rows
 
     workload = trialist.workload
-    models = {"baseline": workload.model}
+    model = workload.pytorch_model("search")
+    models = {"baseline": model}
     if chosen is not None:
-        models["sweet spot"] = rebuild(workload.model, chosen)
+        models["sweet spot"] = rebuild(model, chosen)
     return {name: layer_rows(m, workload.example_inputs) for name, m in models.items()}
 
 
@@ -119,7 +123,7 @@ def conclude(
             else:
                 from fulcrum.compression import rebuild
 
-                runners[p.key] = rebuild(trialist.workload.model, folder)
+                runners[p.key] = rebuild(trialist.workload.pytorch_model("search"), folder)
         times = timing.compare_latency(
             runners,
             trialist.workload.example_inputs,

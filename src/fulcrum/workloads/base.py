@@ -47,6 +47,15 @@ class Workload:
     def __post_init__(self) -> None:
         check_task(self.task, self.name)
 
+    def pytorch_model(self, command: str) -> nn.Module:
+        """The model as a PyTorch module, for ``command``s that change or rebuild it."""
+        if not isinstance(self.model, nn.Module):
+            raise ConfigError(
+                f"{command} needs a PyTorch model; an ONNX workload can be profiled and "
+                "evaluated only."
+            )
+        return self.model
+
 
 def check_task(task: str, where: str) -> None:
     if task not in TASKS:
