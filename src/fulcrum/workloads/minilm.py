@@ -23,7 +23,7 @@ from fulcrum.errors import MissingDependencyError
 from fulcrum.workloads.base import Workload, cache_dir
 
 DESCRIPTION = (
-    "real all-MiniLM-L6-v2 (22.7M params) sentence embeddings on 2,400 English sentences of "
+    "real all-MiniLM-L6-v2 (22.6M params) sentence embeddings on 2,400 English sentences of "
     "CPython's docs; judged by cosine and top-10 retrieval agreement with the fp32 model"
 )
 SPLITS = {"train": 1400, "val": 600, "calib": 400}
