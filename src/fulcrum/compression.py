@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fulcrum.errors import ConfigError
-from fulcrum.runtimes import OnnxModel, export_onnx, with_batch
+from fulcrum.runtimes import OnnxModel, export_onnx, keeps_caller_state, with_batch
 from fulcrum.techniques import Candidate, Context, TechniqueConfig, config_from_dict, get
 from fulcrum.techniques.base import coerce
 
@@ -129,6 +129,7 @@ def context_of(
     )
 
 
+@keeps_caller_state("model")
 def compress(
     model: nn.Module,
     recipe: Sequence[TechniqueConfig] | str,
@@ -145,31 +146,17 @@ def compress(
     With ``cache``, the candidate after each recipe prefix is kept there and reused: a search
     that tries three quantizations of the same pruned and fine-tuned model trains it once.
 
+    Torch's threads and random generator and the caller's model mode are left as they were.
+
     >>> candidate = compress(workload.model, "prune:0.5 > finetune:3", workload)  # doctest: +SKIP
     """
-    from fulcrum.runtimes import caller_state
+    from fulcrum.runtimes import default_threads, torch_threads
 
     if not isinstance(model, nn.Module):
         raise ConfigError(
             "compress needs a PyTorch model; an ONNX workload can be profiled and evaluated only."
         )
     steps = parse_recipe(recipe) if isinstance(recipe, str) else check_order(tuple(recipe))
-    with caller_state(model):
-        return _compress(model, steps, workload, seed, threads, progress, on_epoch, cache)
-
-
-def _compress(
-    model: nn.Module,
-    steps: Recipe,
-    workload: Workload,
-    seed: int,
-    threads: int | None,
-    progress: Callable[[str], None] | None,
-    on_epoch: Callable[[int, float], None] | None,
-    cache: MutableMapping[str, Candidate] | None,
-) -> Candidate:
-    from fulcrum.runtimes import default_threads, torch_threads
-
     threads = threads or default_threads()
     report = progress or (lambda _m: None)
     ctx = context_of(workload, seed=seed, threads=threads, progress=report, on_epoch=on_epoch)

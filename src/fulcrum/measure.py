@@ -373,6 +373,7 @@ def onnx_compute(
 # -- profile ----------------------------------------------------------------------------------
 
 
+@runtimes.keeps_caller_state("model")
 def profile(
     model: nn.Module | OnnxModel,
     example_inputs: Sequence[torch.Tensor] | torch.Tensor,
@@ -388,37 +389,6 @@ def profile(
     With ``latency=False`` only size and compute are measured: nothing is exported, run on
     a runtime or timed, so even BERT-base takes seconds. The caller's model keeps its mode, and
     torch's thread count and random generator are left as they were.
-
-    >>> p = profile(torch.nn.Linear(4, 2), torch.zeros(1, 4), latency=False)
-    >>> p.params_total, p.macs
-    (10, 8)
-    """
-    with runtimes.caller_state(model):
-        return _profile(
-            model,
-            example_inputs,
-            runtimes_=runtimes_,
-            batch_sizes=batch_sizes,
-            threads=threads,
-            seconds=seconds,
-            latency=latency,
-        )
-
-
-def _profile(
-    model: nn.Module | OnnxModel,
-    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
-    *,
-    runtimes_: Sequence[str] = runtimes.RUNTIMES,
-    batch_sizes: Sequence[int] = (1, 32),
-    threads: int | None = None,
-    seconds: float = 2.0,
-    latency: bool = True,
-) -> Profile:
-    """Measure size, compute, latency and peak memory of ``model`` on ``example_inputs``.
-
-    With ``latency=False`` only size and compute are measured: nothing is exported, run on
-    a runtime or timed, so even BERT-base takes seconds.
 
     >>> p = profile(torch.nn.Linear(4, 2), torch.zeros(1, 4), latency=False)
     >>> p.params_total, p.macs

@@ -7,12 +7,14 @@ runtimes see the same inputs, threads and output conventions.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,11 +46,11 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def caller_state(*models: Any) -> Iterator[None]:
-    """Leave the caller's state as it was: torch's thread count and random generator, and the
-    train/eval mode of ``models`` (library code may change them while it works)."""
+    """Leave the caller's state as it was: torch's thread count and random generator, the
+    warning filters, and the train/eval mode of ``models`` (library code may change them)."""
     threads = torch.get_num_threads()
     modes = [(m, m.training) for m in models if isinstance(m, nn.Module)]
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         try:
             yield
         finally:
@@ -56,6 +58,32 @@ def caller_state(*models: Any) -> Iterator[None]:
             for model, training in modes:
                 with contextlib.suppress(NotImplementedError):
                     model.train(training)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def keeps_caller_state(*arguments: str) -> Callable[[F], F]:
+    """Decorator: the call runs in ``caller_state`` of the models named by ``arguments``
+    (argument names, or ``"workload.model"`` for an attribute of one)."""
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs).arguments
+            models = []
+            for path in arguments:
+                name, _, attribute = path.partition(".")
+                value = bound.get(name)
+                models.append(getattr(value, attribute, None) if attribute else value)
+            with caller_state(*models):
+                return fn(*args, **kwargs)
+
+        return call  # type: ignore[return-value]
+
+    return decorate
 
 
 def as_inputs(x: Any) -> tuple[torch.Tensor, ...]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fulcrum.errors import ConfigError, FulcrumError, MissingDependencyError, first_line, suggest
+from fulcrum.runtimes import keeps_caller_state
 
 if TYPE_CHECKING:
     from fulcrum.workloads import Workload
@@ -619,6 +620,7 @@ def _worker(
 # -- the whole search ---------------------------------------------------------------------------
 
 
+@keeps_caller_state("workload.model")
 def run_study(
     workload: Workload,
     settings: SearchSettings,
@@ -634,38 +636,8 @@ def run_study(
 
     Returns the Optuna study, this process's Trialist (baseline and runners) and the seconds
     the trials took; ``fulcrum.sweetspot`` turns them into the frontier and the pick. Torch's
-    thread count, its random generator and the workload model's mode are left as they were.
-    """
-    from fulcrum.runtimes import caller_state
-
-    with caller_state(workload.model), warnings.catch_warnings():
-        return _run_study(
-            workload,
-            settings,
-            run_dir,
-            spec=spec,
-            storage=storage,
-            study_name=study_name,
-            threads=threads,
-            progress=progress,
-        )
-
-
-def _run_study(
-    workload: Workload,
-    settings: SearchSettings,
-    run_dir: Path,
-    *,
-    spec: str | None = None,
-    storage: str | None = None,
-    study_name: str | None = None,
-    threads: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[Any, Trialist, float]:
-    """Run (or resume) the study in ``run_dir`` until it has ``settings.trials`` finished trials.
-
-    Returns the Optuna study, this process's Trialist (baseline and runners) and the seconds
-    the trials took; ``fulcrum.sweetspot`` turns them into the frontier and the pick.
+    thread count, its random generator, the warning filters and the workload model's mode are
+    left as they were.
     """
     import torch
 

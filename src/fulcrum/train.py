@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from fulcrum.errors import ConfigError
-from fulcrum.runtimes import as_inputs, output_tensor
+from fulcrum.runtimes import as_inputs, keeps_caller_state, output_tensor
 
 log = logging.getLogger(__name__)
 AUGMENTS = ("auto", "none", "shift", "noise", "shift+noise")
@@ -135,16 +135,8 @@ def score(
     return float("-inf") if value is None else float(value)
 
 
-def fit(model: nn.Module, train: DataLoader, task: str, **options: Any) -> nn.Module:
-    """Train a copy of ``model`` (see ``_fit``); torch's random generator and the teacher's mode
-    are left as the caller had them."""
-    from fulcrum.runtimes import caller_state
-
-    with caller_state(options.get("teacher")):
-        return _fit(model, train, task, **options)
-
-
-def _fit(
+@keeps_caller_state("teacher")
+def fit(
     model: nn.Module,
     train: DataLoader,
     task: str,
