@@ -360,3 +360,25 @@ def test_a_run_folder_of_another_workload_budget_or_command_is_refused_before_an
     err = capsys.readouterr().err
     assert code == 2 and "holds a `fulcrum search` run" in err
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written by the refusals
+
+
+def test_the_terminal_table_leaves_collapsed_frontier_points_out(capsys):
+    from fulcrum.cli.search import render
+
+    def point(trial, metric, latency):
+        return {"trial": trial, "metric": metric, "latency_ms": latency, "size_bytes": 1000}
+
+    good, collapsed = point("1", 0.985, 0.5), point("2", 0.10, 0.2)
+    result = {
+        "workload": "w",
+        "trials": [],
+        "search_seconds": 1.0,
+        "baseline": point("-", 0.99, 1.0),
+        "settings": {"max_drop": 1.0, "relative": False},
+        "frontier": [good, collapsed],
+        "pick": {"point": good, "reason": "r", "closest": []},
+    }
+    render(result)
+    out = capsys.readouterr().out
+    assert "0.9850" in out and "0.1000" not in out
+    assert "1 more frontier point(s) lose more than the allowed drop" in out

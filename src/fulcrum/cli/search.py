@@ -197,9 +197,22 @@ def render(result: dict[str, Any]) -> None:
 
     if pick["point"]:
         row("sweet spot", pick["point"])
-    for p in result["frontier"]:
+    settings = result["settings"]
+    allowed = None
+    if settings.get("max_drop") is not None:
+        scale = base["metric"] if settings.get("relative") else 1.0
+        allowed = scale * settings["max_drop"] / 100
+    within = [
+        p for p in result["frontier"] if allowed is None or base["metric"] - p["metric"] <= allowed
+    ]
+    for p in within:  # the frontier within the metric budget: collapsed candidates are not news
         row("frontier", p)
     console.print(table)
+    if len(within) < len(result["frontier"]):
+        console.print(
+            f"{len(result['frontier']) - len(within)} more frontier point(s) lose more than the "
+            "allowed drop: in results.json and the report."
+        )
     console.print(escape(pick["reason"]))
     if not pick["point"]:
         for p in pick["closest"]:
