@@ -1,5 +1,6 @@
 """The search: end to end on a tiny workload, resume after a kill, two workers, bad input."""
 
+import contextlib
 import json
 import os
 import signal
@@ -382,3 +383,43 @@ def test_the_terminal_table_leaves_collapsed_frontier_points_out(capsys):
     out = capsys.readouterr().out
     assert "0.9850" in out and "0.1000" not in out
     assert "1 more frontier point(s) lose more than the allowed drop" in out
+
+
+def test_ctrl_c_stops_a_search_within_seconds_and_a_rerun_resumes_it(search_dir):
+    out = search_dir / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "fulcrum",
+        "search",
+        *search_args(search_dir, "slow", out, "--trials", "3"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(search_dir)}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    interrupted = None
+    while time.time() < deadline and first.poll() is None:
+        rows = []
+        if (out / "study.db").exists():
+            with contextlib.suppress(sqlite3.OperationalError):
+                rows = states(out)
+        running = [n for n, s in rows if s == "RUNNING"]
+        if running:
+            time.sleep(0.5)
+            first.send_signal(signal.SIGINT)
+            sent = time.time()
+            first.wait(timeout=30)
+            stopped_after = time.time() - sent
+            interrupted = running[0]
+            break
+        time.sleep(0.2)
+    assert interrupted is not None, "the search finished before it could be interrupted"
+    assert first.returncode == 130 and stopped_after < 10
+    assert "run the same command again to resume" in first.stderr.read().decode()
+    assert dict(states(out))[interrupted] == "FAIL"  # not left RUNNING with a live heartbeat
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in result["trials"]) == 3
+    retried = [t for t in result["trials"] if t.get("retry_of") == interrupted]
+    assert retried and retried[0]["state"] in ("COMPLETE", "PRUNED")

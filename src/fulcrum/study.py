@@ -560,7 +560,8 @@ def work(study: Any, trialist: Trialist, trials: int, lock: Path) -> int:
                 trial.set_user_attr("error", message)
                 study.tell(trial, state=TrialState.FAIL)
                 log.warning("trial %d failed: %s", trial.number, message)
-            else:  # Ctrl-C: the trial is failed (a resumed search runs it again), then stop
+            else:  # Ctrl-C: the trial is failed and queued again for the resumed search
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
                 study.tell(trial, state=TrialState.FAIL)
                 raise
         else:
@@ -614,7 +615,8 @@ def _worker(
     storage = storage_for(url)
     study = open_study(worker_settings, storage, name, settings.objectives)
     trialist = Trialist(workload, worker_settings, Path(run_dir), threads, reference)
-    work(study, trialist, settings.trials, Path(run_dir) / ".ask.lock")
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches every worker: end quietly
+        work(study, trialist, settings.trials, Path(run_dir) / ".ask.lock")
 
 
 # -- the whole search ---------------------------------------------------------------------------

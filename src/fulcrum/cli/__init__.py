@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fulcrum {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"fulcrum {args.command}: interrupted", file=sys.stderr)
+        resume = " (run the same command again to resume it)" if args.command == "search" else ""
+        print(f"fulcrum {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not a user mistake: say so, and how to report it
         if args.debug:
