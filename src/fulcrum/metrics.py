@@ -143,7 +143,9 @@ def _multiclass(y_true: ArrayLike, scores: ArrayLike, num_classes: int | None) -
         )
     labels = list(range(c))
     y = _labels(y, c)
-    proba = _softmax(s)
+    # scores may already be probabilities (an ONNX classifier's "probabilities" output)
+    is_proba = bool(np.all(s >= 0) and np.all(s <= 1) and np.allclose(s.sum(axis=1), 1, atol=1e-3))
+    proba = s.astype(np.float64) if is_proba else _softmax(s)
     pred = proba.argmax(axis=1)
     m: dict[str, float | None] = {"accuracy": finite_or_none(skm.accuracy_score(y, pred))}
     for avg in ("macro", "weighted"):

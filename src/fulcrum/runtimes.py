@@ -300,16 +300,42 @@ def ort_session(path: Path | str | bytes, threads: int | None = None) -> Any:
 class OnnxModel:
     """An ONNX model run by ONNX Runtime, called like a PyTorch model: tensors in, tensor out.
 
-    ``source`` is a file path or the serialized model itself (bytes).
+    ``source`` is a file path or the serialized model itself (bytes). ``output`` names the output
+    to return (say ``probabilities`` of a scikit-learn classifier converted by skl2onnx, whose
+    first output is the ``label``); without it the first float tensor output is taken, and
+    ``chosen_output`` says which.
     """
 
-    def __init__(self, source: Path | str | bytes, threads: int | None = None) -> None:
+    def __init__(
+        self, source: Path | str | bytes, threads: int | None = None, output: str | None = None
+    ) -> None:
         self.path = None if isinstance(source, bytes) else Path(source)
         self.data = source if isinstance(source, bytes) else None
         self.name = self.path.name if self.path is not None else "model.onnx"
         self.threads = threads or default_threads()
         self.session = ort_session(source, self.threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output, self.chosen_output = output, self._choose_output(output)
+
+    def _choose_output(self, output: str | None) -> str:
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        if output is not None:
+            if output not in names:
+                raise OnnxError(
+                    f"{self.name} has no output {output!r}; its outputs are {', '.join(names)}."
+                )
+            kind = next(o.type for o in outputs if o.name == output)
+            if not kind.startswith("tensor("):
+                raise OnnxError(
+                    f"{self.name}: output {output!r} is a {kind}, not a tensor (skl2onnx's ZipMap); "
+                    "convert the model with options={'zipmap': False} or choose a tensor output."
+                )
+            return output
+        tensors = [o for o in outputs if o.type.startswith("tensor(")]
+        floats = [o for o in tensors if "float" in o.type or "double" in o.type]
+        chosen = (floats or tensors or outputs)[0]
+        return str(chosen.name)
 
     def proto(self) -> Any:
         """The ONNX ModelProto (weights included)."""
@@ -328,7 +354,8 @@ class OnnxModel:
 
     def reload(self) -> OnnxModel:
         """A fresh session on the same model (what a deployment would create)."""
-        return OnnxModel(self.data if self.data is not None else self.path, self.threads)  # type: ignore[arg-type]
+        source = self.data if self.data is not None else self.path
+        return OnnxModel(source, self.threads, self.output)  # type: ignore[arg-type]
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.input_names):
@@ -341,7 +368,7 @@ class OnnxModel:
             for n, x in zip(self.input_names, inputs, strict=True)
         }
         try:
-            out = self.session.run(None, feed)[0]
+            out = self.session.run([self.chosen_output], feed)[0]
         except Exception as exc:
             first = first_line(exc, 300)
             shapes = ", ".join(f"{n}={list(v.shape)}" for n, v in feed.items())

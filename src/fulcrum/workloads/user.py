@@ -58,6 +58,7 @@ KEYS = (
     "max_length",
     "example_length",
     "inputs",
+    "output",
 )
 
 
@@ -123,7 +124,15 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
     splits = _load_data(spec["data"], path)
     model: nn.Module | OnnxModel
     if "onnx" in spec:
-        model = OnnxModel(check_onnx(path.parent / spec["onnx"]))
+        model = OnnxModel(check_onnx(path.parent / spec["onnx"]), output=spec.get("output"))
+        if "output" not in spec:
+            log.info(
+                "%s: judging output %r of %s (the first float tensor output); choose another "
+                "with output = '...'",
+                path.name,
+                model.chosen_output,
+                model.name,
+            )
     elif "transformers" in spec:
         raise ConfigError(
             f"{path.name}: a transformers model folder needs its text: add text = 'sentences.txt'."
