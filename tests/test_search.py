@@ -123,16 +123,16 @@ def test_impossible_budget_exits_1_with_the_closest(capsys, search_dir):
     assert "closest" in printed
 
 
+def slow_search(search_dir: Path, out: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a 3-trial search slow enough to be stopped mid-trial."""
+    command = [sys.executable, "-m", "fulcrum", "search"]
+    command += search_args(search_dir, "slow", out, "--trials", "3")
+    return command, {**os.environ, "PYTHONPATH": str(search_dir)}
+
+
 def test_killed_search_resumes_and_retries_the_interrupted_trial(search_dir):
     out = search_dir / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "fulcrum",
-        "search",
-        *search_args(search_dir, "slow", out, "--trials", "3"),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(search_dir)}
+    command, env = slow_search(search_dir, out)
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     killed = None
@@ -387,14 +387,7 @@ def test_the_terminal_table_leaves_collapsed_frontier_points_out(capsys):
 
 def test_ctrl_c_stops_a_search_within_seconds_and_a_rerun_resumes_it(search_dir):
     out = search_dir / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "fulcrum",
-        "search",
-        *search_args(search_dir, "slow", out, "--trials", "3"),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(search_dir)}
+    command, env = slow_search(search_dir, out)
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     interrupted = None
