@@ -46,11 +46,12 @@ def test_recipe_text_parses_or_raises_a_fulcrum_error(text):
 
 toml_values = st.one_of(
     st.sampled_from(['"multiclass"', '"embedding"', '"mod:fn"', '"x.npz"', "3", "[1, 2]", "true"]),
+    st.sampled_from(["{a = 1}", '"abc"', "-1", "0", '["input_ids"]', "1.5"]),
     st.text(alphabet=string.ascii_letters + ":._", max_size=12).map(lambda t: f'"{t}"'),
 )
-toml_keys = st.sampled_from(
-    ["task", "model", "data", "onnx", "text", "transformers", "num_classes", "metric", "modle"]
-)
+TOML_KEYS = ["task", "model", "data", "onnx", "text", "transformers", "num_classes", "metric"]
+TOML_KEYS += ["modle", "checkpoint", "input_shape", "inputs", "model_args", "max_length", "output"]
+toml_keys = st.sampled_from(TOML_KEYS)
 toml_docs = st.one_of(
     st.lists(st.tuples(toml_keys, toml_values), max_size=5).map(
         lambda kv: "\n".join(f"{k} = {v}" for k, v in dict(kv).items())

@@ -202,3 +202,44 @@ def test_minilm_is_the_real_model_on_real_sentences():
     assert abs(profile.macs - 1.4346e9) < 0.001e9
     (ids, mask), _ = next(iter(workload.val))
     assert ids.shape[0] == 64 and int(mask.sum(1).max()) <= 128
+
+
+def test_a_dropped_layer_student_starts_as_the_teachers_chosen_layers(text_toml, tmp_path):
+    from fulcrum.compression import load_candidate, save_candidate
+
+    workload = load(str(text_toml))
+    student = compress(workload.model, "layers:indices=1", workload)
+    teacher_layers = workload.model.encoder.encoder.layer
+    kept = student.model.encoder.encoder.layer
+    assert len(kept) == 1 and student.model.encoder.config.num_hidden_layers == 1
+    assert len(teacher_layers) == LAYERS  # the teacher is untouched
+    for (name, value), (_, original) in zip(
+        kept[0].state_dict().items(), teacher_layers[1].state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, original), name
+    assert compress(workload.model, "layers:keep=1", workload).steps[-1].facts["layers_kept"] == [1]
+    (ids, mask), _ = next(iter(workload.val))
+    with torch.no_grad():
+        out = student.model(ids, mask)
+    assert torch.isfinite(out).all()
+    # it exports to ONNX, and a saved candidate reloads with its depth
+    folder = tmp_path / "student"
+    save_candidate(student, folder, workload.example_inputs, str(text_toml))
+    torch.testing.assert_close(
+        OnnxModel(folder / "model.onnx")(ids, mask), out, atol=1e-4, rtol=1e-3
+    )
+    rebuilt, _ = load_candidate(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(ids, mask), out)
+
+
+def test_layer_dropping_refuses_what_the_model_does_not_have(text_toml):
+    from fulcrum.testing import tiny_mlp
+
+    workload = load(str(text_toml))
+    with pytest.raises(ConfigError, match="keep=5, but the encoder has only 2 layers"):
+        compress(workload.model, "layers:keep=5", workload)
+    with pytest.raises(ConfigError, match="layer 7 does not exist; the encoder has 2 layers"):
+        compress(workload.model, "layers:indices=0+7", workload)
+    with pytest.raises(ConfigError, match=r"needs a transformer encoder.*Sequential has none"):
+        compress(tiny_mlp(), "layers:keep=1", workload)

@@ -218,6 +218,9 @@ def save_candidate(
         "factorised": [
             name for s in candidate.steps for name in s.facts.get("layers_factorised", [])
         ],
+        "layers_kept": [
+            s.facts["layers_kept"] for s in candidate.steps if "layers_kept" in s.facts
+        ],
     }
     (folder / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return {"onnx": "model.onnx", "safetensors": "model.safetensors", "manifest": "model.json"}
@@ -237,6 +240,11 @@ def rebuild(model: nn.Module, folder: Path) -> nn.Module:
     manifest = json.loads((folder / "model.json").read_text())
     state = load_file(str(folder / "model.safetensors"))
     model = copy_model(model)
+    if manifest.get("layers_kept"):
+        from fulcrum.techniques.layers import keep_layers_
+
+        for kept in manifest["layers_kept"]:  # a shallower student: drop what was dropped
+            keep_layers_(model, kept)
     for name in manifest.get("factorised", []):
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

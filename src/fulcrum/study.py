@@ -118,11 +118,13 @@ def suggest_recipe(
     """A recipe drawn from the technique registry's spaces, in the one order that works.
 
     Recovery by fine-tuning needs labels, so an embedding task recovers by distillation only;
-    graph fusion is drawn for transformers (the patterns it fuses), on ONNX Runtime.
+    layer dropping and graph fusion are drawn for transformers (what they act on).
     """
     from fulcrum.techniques import get
 
     steps: list[Any] = []
+    if transformer and trial.suggest_categorical("use_layers", [False, True]):
+        steps.append(get("layers").space(trial))  # a shallower student of the same encoder
     if trial.suggest_categorical("use_prune", [True, False]):
         steps.append(get("prune").space(trial))
     if trial.suggest_categorical("use_lowrank", [False, True]):
@@ -173,6 +175,8 @@ def warm_start(settings: SearchSettings, task: str, transformer: bool) -> list[d
         {"recovery.unlabelled": "distill"} if task == "embedding" else {"recovery": "finetune"}
     )
     int8 = {"use_prune": False, "use_lowrank": False, "use_quantize": True, **quantize}
+    if transformer:
+        int8["use_layers"] = False
     pruned = [
         {
             "use_prune": True,
@@ -183,6 +187,7 @@ def warm_start(settings: SearchSettings, task: str, transformer: bool) -> list[d
             **recovery,
             "use_quantize": True,
             **quantize,
+            **({"use_layers": False} if transformer else {}),
         }
         for ratio in (0.3, 0.5)
     ]

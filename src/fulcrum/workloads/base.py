@@ -58,6 +58,10 @@ class Workload:
 
 
 def check_task(task: str, where: str) -> None:
+    if not isinstance(task, str):
+        raise ConfigError(
+            f"{where}: task must be a string, one of {', '.join(TASKS)}; got {task!r}."
+        )
     if task not in TASKS:
         raise ConfigError(
             f"{where}: task {task!r} is not known; use one of {', '.join(TASKS)}.{suggest(task, TASKS)}"

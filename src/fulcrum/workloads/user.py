@@ -119,6 +119,23 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
         )
     name = str(spec.get("name", path.stem))
     check_task(spec["task"], path.name)
+    strings: tuple[str, ...] = ("name", "model", "onnx", "data", "checkpoint", "metric")
+    strings += ("reference", "text", "description", "transformers", "tokenizer", "output")
+    kinds: dict[str, tuple[type, ...]] = {k: (str,) for k in strings}
+    kinds |= {"model_args": (dict,), "allow_pickle": (bool,), "input_shape": (list,)}
+    kinds["inputs"] = (list,)
+    for key, types in kinds.items():
+        if key in spec and not isinstance(spec[key], types):
+            expected = {str: "a string", dict: "a table", bool: "true or false", list: "a list"}
+            raise ConfigError(
+                f"{path.name}: {key} must be {expected[types[0]]}; got {spec[key]!r}."
+            )
+    for key in ("num_classes", "max_length", "example_length"):
+        value = spec.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ConfigError(f"{path.name}: {key} must be a positive whole number; got {value!r}.")
     if "text" in spec:
         return _load_text(spec, path, name, allow_pickle)
     splits = _load_data(spec["data"], path)
