@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import io
 import logging
 import os
 import warnings
@@ -121,6 +122,27 @@ def check_example_inputs(model: nn.Module, inputs: Sequence[torch.Tensor], label
         raise input_shape_error(inputs, exc, label) from None
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """ONNX Runtime's quantizer and optimizer and the exporters log, warn and print freely;
+    keep them quiet while they work."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # the calibration sessions' C++ warnings
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(disabled)
+
+
 def input_shape_error(
     inputs: Sequence[torch.Tensor], exc: BaseException, label: str = ""
 ) -> ShapeError:
@@ -133,22 +155,26 @@ def input_shape_error(
     )
 
 
-def input_names(model: nn.Module, count: int) -> list[str]:
-    """The names of ``model``'s first ``count`` forward arguments: what its ONNX inputs are called.
-
-    A forward that takes ``*args`` (or fewer named arguments) gives ``input_0``, ``input_1``, ...
-    """
-    import inspect
-
+def forward_arguments(model: nn.Module) -> list[str] | None:
+    """The names of ``model.forward``'s positional arguments, in order (None if unknowable)."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
-        params = []
+        return None
     positional = []
     for p in params:
         if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             break
         positional.append(p.name)
+    return positional
+
+
+def input_names(model: nn.Module, count: int) -> list[str]:
+    """The names of ``model``'s first ``count`` forward arguments: what its ONNX inputs are called.
+
+    A forward that takes ``*args`` (or fewer named arguments) gives ``input_0``, ``input_1``, ...
+    """
+    positional = forward_arguments(model) or []
     if len(positional) >= count:
         return positional[:count]
     return [f"input_{i}" for i in range(count)] if count > 1 else ["input"]

@@ -10,18 +10,14 @@ may follow it. What was fused is recorded, and a graph in which nothing fused is
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from fulcrum.errors import ConfigError, TechniqueError, first_line
-from fulcrum.runtimes import export_onnx, with_batch
+from fulcrum.runtimes import export_onnx, quiet, with_batch
 from fulcrum.techniques.base import (
     Candidate,
     Context,
@@ -81,18 +77,6 @@ def has_attention(model: Any) -> bool:
     return transformer_shape(model)[1] > 0
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    disabled = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(disabled)
-
-
 def fuse_graph(source: Path, model_type: str, heads: int, hidden: int, level: int) -> Any:
     """ONNX Runtime's transformer optimizer on the ONNX file ``source``; its OnnxModel.
 
@@ -104,7 +88,7 @@ def fuse_graph(source: Path, model_type: str, heads: int, hidden: int, level: in
 
     options = FusionOptions(model_type)
     options.enable_embed_layer_norm = False
-    with _quiet():
+    with quiet():
         return optimizer.optimize_model(
             str(source),
             model_type=model_type,
@@ -140,7 +124,7 @@ def apply(config: FuseConfig, candidate: Candidate, ctx: Context) -> Candidate:
         if candidate.onnx is not None:
             source.write_bytes(candidate.onnx)
         else:
-            with _quiet():  # the TorchScript exporter warns about traced Python conditions
+            with quiet():  # the TorchScript exporter warns about traced Python conditions
                 export_onnx(
                     eager_attention(candidate.model),
                     with_batch(ctx.example_inputs, 1),

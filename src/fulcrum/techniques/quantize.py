@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import io
-import logging
 import tempfile
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +32,7 @@ import torch
 from torch import nn
 
 from fulcrum.errors import ConfigError, DataError, TechniqueError, first_line, require
-from fulcrum.runtimes import as_inputs, export_onnx, with_batch
+from fulcrum.runtimes import as_inputs, export_onnx, quiet, with_batch
 from fulcrum.techniques.base import (
     Candidate,
     Context,
@@ -115,7 +112,7 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
     start = time.perf_counter()
     notes: list[str] = []
     facts: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="fulcrum-quantize-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="fulcrum-quantize-") as tmp, quiet():
         folder = Path(tmp)
         exported = folder / "float.onnx"
         if candidate.onnx is not None:  # a graph step (fuse) came first: quantize its graph
@@ -212,7 +209,7 @@ def pt2e_quantize(
     """
     inputs = with_batch(example_inputs, 2)  # with 1, torch.export fixes the batch axis to 1
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with _quiet():  # torchao logs the optional kernels it cannot load on import
+    with quiet():  # torchao logs the optional kernels it cannot load on import
         require("torchao", "torchao")
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
@@ -248,26 +245,6 @@ class _FrozenCompiled(nn.Module):
 
         with torch._inductor.config.patch(freezing=True):
             return self.compiled(*inputs)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """ONNX Runtime's quantizer and the exporters log, warn and print freely; keep them quiet."""
-    import onnxruntime
-
-    onnxruntime.set_default_logger_severity(3)  # the calibration sessions' C++ warnings
-    disabled = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(disabled)
 
 
 def _load(path: Path) -> Any:

@@ -329,15 +329,10 @@ def median_length(data: Tokenized) -> int:
 
 def check_input_names(model: nn.Module, names: Sequence[str], where: str) -> None:
     """Refuse input names that are not the model's forward arguments, in order."""
-    import inspect
+    from fulcrum.runtimes import forward_arguments
 
-    try:
-        params = [
-            p.name
-            for p in inspect.signature(model.forward).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
+    params = forward_arguments(model)
+    if params is None:
         return
     if list(params[: len(names)]) != list(names):
         raise ConfigError(
