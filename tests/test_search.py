@@ -318,13 +318,16 @@ def test_a_recipe_drawn_twice_is_measured_once(search_dir):
             True,
             [
                 "fuse > quantize:mode=int8-dynamic,embeddings=int4",
-                "prune:ratio=0.3 > distill:epochs=3 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
-                "prune > distill:epochs=3 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
+                "prune:ratio=0.3 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
+                "prune > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
+                "layers:ratio=0.5 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
+                "layers:ratio=0.5 > heads:ratio=0.25,ffn=0.5 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
             ],
         ),
     ],
 )
 def test_warm_start_draws_int8_alone_then_pruning_with_recovery(task, transformer, expected):
+    """...and, for a transformer, half its layers (and feed-forward width) distilled."""
     from optuna.trial import FixedTrial
 
     from fulcrum.compression import recipe_text

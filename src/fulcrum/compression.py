@@ -221,6 +221,11 @@ def save_candidate(
         "layers_kept": [
             s.facts["layers_kept"] for s in candidate.steps if "layers_kept" in s.facts
         ],
+        "attention_heads": {  # heads may have been removed: the count of every attention
+            name: module.num_attention_heads
+            for name, module in candidate.model.named_modules()
+            if isinstance(getattr(module, "num_attention_heads", None), int)
+        },
     }
     (folder / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return {"onnx": "model.onnx", "safetensors": "model.safetensors", "manifest": "model.json"}
@@ -274,6 +279,8 @@ def rebuild(model: nn.Module, folder: Path) -> nn.Module:
                 module.register_buffer(tensor_name, replacement)
     for module in model.modules():
         _fit_attributes(module)
+    for name, count in manifest.get("attention_heads", {}).items():
+        modules[name].num_attention_heads = count
     _fix_attention(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

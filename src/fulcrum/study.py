@@ -118,13 +118,16 @@ def suggest_recipe(
     """A recipe drawn from the technique registry's spaces, in the one order that works.
 
     Recovery by fine-tuning needs labels, so an embedding task recovers by distillation only;
-    layer dropping and graph fusion are drawn for transformers (what they act on).
+    layer dropping, head and feed-forward pruning, hidden-state distillation and graph fusion are
+    drawn for transformers (what they act on).
     """
     from fulcrum.techniques import get
 
     steps: list[Any] = []
     if transformer and trial.suggest_categorical("use_layers", [False, True]):
         steps.append(get("layers").space(trial))  # a shallower student of the same encoder
+    if transformer and trial.suggest_categorical("use_heads", [False, True]):
+        steps.append(get("heads").space(trial))  # fewer heads and feed-forward channels
     if trial.suggest_categorical("use_prune", [True, False]):
         steps.append(get("prune").space(trial))
     if trial.suggest_categorical("use_lowrank", [False, True]):
@@ -136,7 +139,12 @@ def suggest_recipe(
             recovery = trial.suggest_categorical("recovery", ["distill", "finetune", "none"])
         if recovery != "none":
             config: Any = get(recovery).space(trial)
-            steps.append(replace(config, epochs=min(config.epochs, settings.max_epochs)))
+            config = replace(config, epochs=min(config.epochs, settings.max_epochs))
+            if transformer and recovery == "distill":  # TinyBERT's intermediate-layer loss
+                config = replace(
+                    config, hidden=trial.suggest_categorical("distill.hidden", [0.0, 1.0])
+                )
+            steps.append(config)
     if settings.runtime == "onnxruntime":
         if transformer and trial.suggest_categorical("use_fuse", [True, False]):
             steps.append(get("fuse").space(trial))
@@ -150,7 +158,8 @@ WARM_START_MIN_TRIALS = 10
 
 def warm_start(settings: SearchSettings, task: str, transformer: bool) -> list[dict[str, Any]]:
     """Recipes known to be strong, tried first so that the sampler starts from good points:
-    int8 alone, then 30% and 50% pruning with recovery and int8 (ONNX Runtime searches).
+    int8 alone, then 30% and 50% pruning with recovery and int8 (ONNX Runtime searches); for a
+    transformer also half its layers (and half its feed-forward width) distilled, then int8.
 
     For a transformer, int8 means fused attention and dynamic int8 with per-channel weights and
     4-bit embedding tables (measured best on all-MiniLM-L6-v2); otherwise static int8.
@@ -171,12 +180,18 @@ def warm_start(settings: SearchSettings, task: str, transformer: bool) -> list[d
             "quantize.calibration": "minmax",
         }
     )
-    recovery = (
+    recovery: dict[str, Any] = (
         {"recovery.unlabelled": "distill"} if task == "embedding" else {"recovery": "finetune"}
     )
+    if transformer and task == "embedding":
+        recovery["distill.hidden"] = 1.0
+    distilled = {
+        ("recovery.unlabelled" if task == "embedding" else "recovery"): "distill",
+        "distill.hidden": 1.0,
+    }
     int8 = {"use_prune": False, "use_lowrank": False, "use_quantize": True, **quantize}
     if transformer:
-        int8["use_layers"] = False
+        int8.update(use_layers=False, use_heads=False)
     pruned = [
         {
             "use_prune": True,
@@ -187,11 +202,29 @@ def warm_start(settings: SearchSettings, task: str, transformer: bool) -> list[d
             **recovery,
             "use_quantize": True,
             **quantize,
-            **({"use_layers": False} if transformer else {}),
+            **({"use_layers": False, "use_heads": False} if transformer else {}),
         }
         for ratio in (0.3, 0.5)
     ]
-    return [int8, *pruned]
+    if not transformer:
+        return [int8, *pruned]
+    # DistilBERT's student: half the layers, then half the feed-forward width too, distilled
+    structural = [
+        {
+            **int8,
+            "use_layers": True,
+            "layers.ratio": 0.5,
+            "use_heads": ffn > 0,
+            **(
+                {"heads.ratio": 0.25, "heads.ffn": ffn, "heads.global_ranking": False}
+                if ffn
+                else {}
+            ),
+            **distilled,
+        }
+        for ffn in (0.0, 0.5)
+    ]
+    return [int8, *pruned, *structural]
 
 
 # -- storage ------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ validation split the results are reported on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,7 +63,56 @@ def soft_loss(
         return nn.functional.binary_cross_entropy_with_logits(
             student.reshape(-1) / temperature, target
         ) * (temperature * temperature)
+    if task == "embedding":  # judged by cosine: learn the direction, and the length too
+        cosine = nn.functional.cosine_similarity(student, teacher, dim=-1)
+        return (1.0 - cosine).mean() + nn.functional.mse_loss(student, teacher)
     return nn.functional.mse_loss(student, teacher)
+
+
+@dataclass(frozen=True)
+class HiddenMatch:
+    """TinyBERT's hidden-state loss: student encoder layer ``s`` learns the output of teacher
+    layer ``t`` for each ``(s, t)`` in ``pairs``, through a learned projection where widths
+    differ; ``weight`` scales it against the output loss."""
+
+    pairs: tuple[tuple[int, int], ...]
+    weight: float = 1.0
+
+
+@contextlib.contextmanager
+def layer_outputs(model: nn.Module, wanted: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """While open, the dict holds the outputs of ``model``'s encoder layers ``wanted`` from its
+    latest forward pass."""
+    from fulcrum.techniques.layers import encoder_layers
+
+    seen: dict[int, torch.Tensor] = {}
+    if not wanted:
+        yield seen
+        return
+    holder, attribute = encoder_layers(model)
+    stack = getattr(holder, attribute)
+    hooks = [
+        stack[i].register_forward_hook(
+            lambda _m, _a, out, i=i: seen.__setitem__(i, output_tensor(out))
+        )
+        for i in wanted
+    ]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def contrastive_loss(
+    first: torch.Tensor, second: torch.Tensor, scale: float = 20.0
+) -> torch.Tensor:
+    """SimCSE's unsupervised loss: two dropout views of each sentence are each other's positive,
+    the batch's other sentences the negatives. What an embedding model trains on without labels
+    and without a teacher."""
+    first, second = nn.functional.normalize(first, dim=-1), nn.functional.normalize(second, dim=-1)
+    logits = scale * first @ second.T
+    return nn.functional.cross_entropy(logits, torch.arange(len(first)))
 
 
 def augmenter(
@@ -149,6 +200,7 @@ def fit(
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     alpha: float = 0.0,
+    hidden: HiddenMatch | None = None,
     patience: int | None = None,
     progress: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
@@ -156,7 +208,9 @@ def fit(
     """Train a copy of ``model``; return the copy in eval mode (the input is left untouched).
 
     With a ``teacher``, the loss is ``alpha * soft + (1 - alpha) * hard`` where ``soft`` compares
-    the student's outputs with the teacher's at ``temperature``. With ``patience``, training
+    the student's outputs with the teacher's at ``temperature``; ``hidden`` adds the distance of
+    mapped encoder layers' outputs (TinyBERT). An embedding task trained without a teacher learns
+    SimCSE's contrastive objective (two dropout views of a sentence agree). With ``patience``, training
     stops when the holdout metric has not improved for that many epochs, and the best epoch's
     weights are returned. ``on_epoch(epoch, holdout_metric)`` may raise to abandon training
     (a search cuts hopeless trials short this way).
@@ -165,51 +219,90 @@ def fit(
         raise ConfigError(f"epochs must be at least 1; got {epochs}.")
     torch.manual_seed(seed)
     model = copy.deepcopy(model).train()
-    hard = loss_for(task) if alpha < 1.0 else None
+    unlabelled = task == "embedding" and teacher is None
+    hard = loss_for(task) if alpha < 1.0 and task != "embedding" else None
     if teacher is not None:
         teacher = teacher.eval()
+    if hidden is not None and teacher is None:
+        raise ConfigError("hidden-state distillation needs a teacher model.")
     fit_loader, held = holdout(train, seed=seed) if patience else (train, None)
     transform = None
     if augment != "none":
         transform = augmenter(augment, as_inputs(next(iter(fit_loader))[0])[0], seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    projections = nn.ModuleList()
+    if hidden is not None and teacher is not None:
+        projections = _projections(model, teacher, hidden, as_inputs(next(iter(fit_loader))[0]))
+    optimizer = torch.optim.AdamW(
+        [*model.parameters(), *projections.parameters()], lr=lr, weight_decay=weight_decay
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=epochs * max(len(fit_loader), 1), pct_start=0.15
     )
     best: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
     stale = 0
-    for epoch in range(epochs):
-        model.train()
-        for x, y in fit_loader:
-            inputs = as_inputs(x)
-            if transform is not None:
-                inputs = (transform(inputs[0]), *inputs[1:])
-            optimizer.zero_grad(set_to_none=True)
-            out = output_tensor(model(*inputs))
-            loss = torch.zeros(())
-            if hard is not None:
-                loss = loss + (1.0 - alpha) * hard(out, y)
-            if teacher is not None and alpha > 0:
-                with torch.no_grad():
-                    target = output_tensor(teacher(*inputs))
-                loss = loss + alpha * soft_loss(task, out, target, temperature)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        if held is not None and patience:
-            value = score(model.eval(), held, task, teacher)
-            if progress:
-                progress(f"epoch {epoch + 1}/{epochs}: holdout {value:.4f}")
-            if on_epoch is not None:
-                on_epoch(epoch, value)
-            if value > best[0]:
-                best, stale = (value, copy.deepcopy(model.state_dict())), 0
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-        elif progress:
-            progress(f"epoch {epoch + 1}/{epochs}")
+    pairs = hidden.pairs if hidden is not None else ()
+    with (
+        layer_outputs(model, [s for s, _ in pairs]) as mine,
+        layer_outputs(teacher or model, [t for _, t in pairs]) as theirs,
+    ):
+        for epoch in range(epochs):
+            model.train()
+            for x, y in fit_loader:
+                inputs = as_inputs(x)
+                if transform is not None:
+                    inputs = (transform(inputs[0]), *inputs[1:])
+                optimizer.zero_grad(set_to_none=True)
+                out = output_tensor(model(*inputs))
+                loss = torch.zeros(())
+                if hard is not None:
+                    loss = loss + (1.0 - alpha) * hard(out, y)
+                if unlabelled:
+                    loss = loss + contrastive_loss(out, output_tensor(model(*inputs)))
+                if teacher is not None and (alpha > 0 or hidden is not None):
+                    with torch.no_grad():
+                        target = output_tensor(teacher(*inputs))
+                    if alpha > 0:
+                        loss = loss + alpha * soft_loss(task, out, target, temperature)
+                    if hidden is not None:
+                        loss = loss + hidden.weight * sum(
+                            nn.functional.mse_loss(project(mine[s]), theirs[t])
+                            for project, (s, t) in zip(projections, pairs, strict=True)
+                        ) / max(len(pairs), 1)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+            if held is not None and patience:
+                value = score(model.eval(), held, task, teacher)
+                if progress:
+                    progress(f"epoch {epoch + 1}/{epochs}: holdout {value:.4f}")
+                if on_epoch is not None:
+                    on_epoch(epoch, value)
+                if value > best[0]:
+                    best, stale = (value, copy.deepcopy(model.state_dict())), 0
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        break
+            elif progress:
+                progress(f"epoch {epoch + 1}/{epochs}")
     if best[1] is not None:
         model.load_state_dict(best[1])
     return model.eval()
+
+
+def _projections(
+    student: nn.Module, teacher: nn.Module, hidden: HiddenMatch, inputs: tuple[torch.Tensor, ...]
+) -> nn.ModuleList:
+    """One projection per matched layer pair: identity where widths agree, else a learned Linear
+    (TinyBERT's W_h) from the student's width to the teacher's."""
+    with (
+        torch.no_grad(),
+        layer_outputs(student, [s for s, _ in hidden.pairs]) as mine,
+        layer_outputs(teacher, [t for _, t in hidden.pairs]) as theirs,
+    ):
+        student(*inputs)
+        teacher(*inputs)
+    widths = [(mine[s].shape[-1], theirs[t].shape[-1]) for s, t in hidden.pairs]
+    return nn.ModuleList(
+        nn.Identity() if a == b else nn.Linear(a, b, bias=False) for a, b in widths
+    )

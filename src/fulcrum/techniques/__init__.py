@@ -6,6 +6,7 @@ from fulcrum.techniques import (  # noqa: F401  (register)
     distill,
     finetune,
     fuse,
+    heads,
     layers,
     lowrank,
     prune,

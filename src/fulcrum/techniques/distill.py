@@ -2,7 +2,10 @@
 
 The student is the model compressed so far (recovery after pruning), or — with ``width`` — a
 narrower copy of the teacher's own architecture, built by removing channels uniformly with
-Torch-Pruning and re-initialising its weights.
+Torch-Pruning and re-initialising its weights. For transformer encoders, ``hidden`` (a weight)
+adds TinyBERT's intermediate-layer loss: each student layer matches the output of the teacher
+layer it came from (after ``layers``, the layers it kept; otherwise the same layer), through a
+learned projection where widths differ.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from fulcrum.techniques.base import (
     Trial,
     register,
 )
-from fulcrum.train import AUGMENTS, fit, score
+from fulcrum.train import AUGMENTS, HiddenMatch, fit, score
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class DistillConfig(TechniqueConfig):
     width: float | None = None
     augment: str = "auto"
     patience: int = 3
+    hidden: float = 0.0
 
     def validate(self) -> None:
         self.check_range("epochs", 1, 1000)
@@ -50,6 +54,23 @@ class DistillConfig(TechniqueConfig):
             self.check_range("width", 0.05, 1.0, high_open=True)
         self.check_choice("augment", AUGMENTS)
         self.check_range("patience", 0, 1000)
+        self.check_range("hidden", 0.0, 100.0)
+
+
+def layer_pairs(candidate: Candidate, teacher: nn.Module) -> tuple[tuple[int, int], ...]:
+    """(student layer, teacher layer) pairs: where each of the student's encoder layers came from."""
+    from fulcrum.techniques.layers import encoder_layers
+
+    holder, attribute = encoder_layers(teacher)
+    origin = list(range(len(getattr(holder, attribute))))
+    for step in candidate.steps:
+        if "layers_kept" in step.facts:
+            origin = [origin[i] for i in step.facts["layers_kept"]]
+    holder, attribute = encoder_layers(candidate.model)
+    depth = len(getattr(holder, attribute))
+    if depth != len(origin):  # layers changed outside a recorded step: TinyBERT's uniform map
+        origin = [int((i + 1) * len(origin) / depth) - 1 for i in range(depth)]
+    return tuple(enumerate(origin))
 
 
 def narrower(model: nn.Module, width: float, ctx: Context) -> nn.Module:
@@ -86,6 +107,9 @@ def apply(config: DistillConfig, candidate: Candidate, ctx: Context) -> Candidat
     student = (
         candidate.model if config.width is None else narrower(candidate.model, config.width, ctx)
     )
+    hidden = (
+        HiddenMatch(layer_pairs(candidate, ctx.teacher), config.hidden) if config.hidden else None
+    )
     model = fit(
         student,
         ctx.train,
@@ -97,6 +121,7 @@ def apply(config: DistillConfig, candidate: Candidate, ctx: Context) -> Candidat
         teacher=ctx.teacher,
         temperature=config.temperature,
         alpha=alpha,
+        hidden=hidden,
         patience=config.patience or None,
         progress=ctx.progress,
         on_epoch=ctx.on_epoch,

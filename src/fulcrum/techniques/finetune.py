@@ -1,4 +1,9 @@
-"""Recovery fine-tuning: a few epochs on the training split, with augmentation and early stopping."""
+"""Recovery fine-tuning: a few epochs on the training split, with augmentation and early stopping.
+
+An embedding task has no labels: there it trains on SimCSE's contrastive objective (dropout
+makes two views of each sentence), which is what "the same student trained without the teacher"
+means for an encoder, and it stops by epochs (a holdout score would need the teacher).
+"""
 
 from __future__ import annotations
 
@@ -48,10 +53,7 @@ def apply(config: FinetuneConfig, candidate: Candidate, ctx: Context) -> Candida
     candidate.require_float("finetune")
     if ctx.train is None:
         raise ConfigError("finetune needs the workload's training split; add 'train' to its data.")
-    if ctx.task == "embedding":
-        raise ConfigError(
-            "finetune needs labels, which an embedding task lacks; use distill instead."
-        )
+    unlabelled = ctx.task == "embedding"
     start = time.perf_counter()
     model = fit(
         candidate.model,
@@ -62,15 +64,16 @@ def apply(config: FinetuneConfig, candidate: Candidate, ctx: Context) -> Candida
         weight_decay=config.weight_decay,
         seed=ctx.seed,
         augment=config.augment,
-        patience=config.patience or None,
+        patience=None if unlabelled else config.patience or None,
         progress=ctx.progress,
         on_epoch=ctx.on_epoch,
     )
     facts = {}
     if ctx.val is not None:
+        reference = ctx.teacher if unlabelled else None  # cosine to the original, reported only
         facts = {
-            "val_before": round(score(candidate.model, ctx.val, ctx.task), 4),
-            "val_after": round(score(model, ctx.val, ctx.task), 4),
+            "val_before": round(score(candidate.model, ctx.val, ctx.task, reference), 4),
+            "val_after": round(score(model, ctx.val, ctx.task, reference), 4),
         }
     step = Step(config=config.to_dict(), seconds=round(time.perf_counter() - start, 3), facts=facts)
     return candidate.with_step(step, model=model)

@@ -60,21 +60,32 @@ class FuseConfig(TechniqueConfig):
 
 
 def transformer_shape(model: Any) -> tuple[str, int, int]:
-    """(optimizer model type, attention heads, hidden size) from a ``transformers`` config inside
-    ``model``; (``"bert"``, 0, 0) lets the optimizer detect them from the graph."""
+    """(optimizer model type, attention heads, attention width) of the transformer inside
+    ``model``: read from its attention modules (pruning may have changed them), else from its
+    ``transformers`` config; heads is -1 when layers differ (heads pruned per layer), and
+    (``"bert"``, 0, 0) lets the optimizer detect them from the graph."""
+    kind, shapes = "bert", set()
+    for module in model.modules():
+        kind = str(getattr(getattr(module, "config", None), "model_type", None) or kind)
+        count, width = (getattr(module, a, None) for a in ("num_attention_heads", "all_head_size"))
+        if isinstance(count, int) and isinstance(width, int):
+            shapes.add((count, width))
+    kind = kind if kind in ("gpt2", "t5", "bart") else "bert"
+    if len(shapes) > 1:
+        return kind, -1, -1
+    if shapes:
+        return kind, *shapes.pop()
     for module in model.modules():
         config = getattr(module, "config", None)
-        heads = getattr(config, "num_attention_heads", None)
-        hidden = getattr(config, "hidden_size", None)
+        heads, hidden = (getattr(config, a, None) for a in ("num_attention_heads", "hidden_size"))
         if heads and hidden:
-            kind = str(getattr(config, "model_type", "bert"))
-            return ("bert" if kind not in ("gpt2", "t5", "bart") else kind), int(heads), int(hidden)
-    return "bert", 0, 0
+            return kind, int(heads), int(hidden)
+    return kind, 0, 0
 
 
 def has_attention(model: Any) -> bool:
     """Whether the model holds a transformer (what fuse acts on)."""
-    return transformer_shape(model)[1] > 0
+    return transformer_shape(model)[1] != 0
 
 
 def fuse_graph(source: Path, model_type: str, heads: int, hidden: int, level: int) -> Any:
@@ -88,6 +99,9 @@ def fuse_graph(source: Path, model_type: str, heads: int, hidden: int, level: in
 
     options = FusionOptions(model_type)
     options.enable_embed_layer_norm = False
+    if heads < 0:  # one head count for every layer is all the attention fusion can take
+        options.enable_attention = False
+        heads = hidden = 0
     with quiet():
         return optimizer.optimize_model(
             str(source),
@@ -146,6 +160,8 @@ def apply(config: FuseConfig, candidate: Candidate, ctx: Context) -> Candidate:
     notes = []
     if not fused:
         notes.append("nothing was fused: the graph has no transformer pattern ONNX Runtime knows")
+    elif heads < 0:
+        notes.append("attention was not fused: its layers have different head counts")
     elif not fused.get("Attention") and not fused.get("MultiHeadAttention"):
         notes.append(
             "attention was not fused (ONNX Runtime's attention patterns do not match this "

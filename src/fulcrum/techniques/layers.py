@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import nn
 
@@ -104,10 +104,15 @@ def keep_layers_(model: nn.Module, kept: list[int]) -> None:
     holder, attribute = encoder_layers(model)
     stack = getattr(holder, attribute)
     setattr(holder, attribute, nn.ModuleList([stack[i] for i in kept]))
-    for module in model.modules():
-        settings: Any = getattr(module, "config", None)
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    for settings in configs.values():  # one config object is often shared by several modules
         if getattr(settings, "num_hidden_layers", None) is not None:
             settings.num_hidden_layers = len(kept)
+            pruned = getattr(settings, "pruned_heads", None) or {}  # renumbered with the layers
+            if pruned:
+                settings.pruned_heads = {
+                    new: pruned[old] for new, old in enumerate(kept) if old in pruned
+                }
     for position, layer in enumerate(getattr(holder, attribute)):
         for sub in layer.modules():  # attention layers number themselves (for KV caches)
             if isinstance(getattr(sub, "layer_idx", None), int):
@@ -132,7 +137,7 @@ def apply(config: LayersConfig, candidate: Candidate, ctx: Context) -> Candidate
 
 
 def space(trial: Trial) -> LayersConfig:
-    return LayersConfig(ratio=trial.suggest_categorical("layers.ratio", [0.5, 0.67]))
+    return LayersConfig(ratio=trial.suggest_categorical("layers.ratio", [0.33, 0.5, 0.67]))
 
 
 TECHNIQUE = register(
