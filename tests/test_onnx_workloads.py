@@ -23,7 +23,9 @@ def sklearn_onnx(tmp_path_factory):
     model.fit(x[:1200], y[:1200])
     onnx_model = to_onnx(model, x[:1], options={"zipmap": False}, target_opset=17)
     (folder / "mlp.onnx").write_bytes(onnx_model.SerializeToString())
-    np.savez(folder / "data.npz", x_val=x[1200:], y_val=y[1200:])
+    np.savez(
+        folder / "data.npz", x_val=x[1200:], y_val=y[1200:], x_calib=x[:256], y_calib=y[:256]
+    )
     return folder, float(model.score(x[1200:], y[1200:]))
 
 
@@ -62,3 +64,58 @@ def test_the_output_can_be_named_and_a_wrong_name_lists_the_real_ones(sklearn_on
         load(str(write(folder, 'output = "probs"')))
     assert main(["evaluate", str(write(folder, 'output = "probs"'))]) == 2
     assert "its outputs are label, probabilities" in capsys.readouterr().err
+
+
+def test_an_onnx_workload_is_quantized_keeping_its_outputs(sklearn_onnx, tmp_path):
+    import json
+
+    import onnx
+
+    folder, accuracy = sklearn_onnx
+    toml = write(folder)
+    for mode in ("int8-dynamic", "int8-static"):
+        run = tmp_path / mode
+        assert main(["compress", str(toml), "--recipe", f"quantize:{mode}", "--out", str(run)]) == 0
+        result = json.loads((run / "results.json").read_text())
+        after = result["comparison"]["candidate"]["evaluation"]["metrics"]["accuracy"]
+        assert abs(after - accuracy) < 0.02
+        graph = onnx.load(str(run / "model.onnx"))
+        assert [o.name for o in graph.graph.output] == ["label", "probabilities"]
+        assert any(
+            n.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear")
+            for n in graph.graph.node
+        )
+        assert not (run / "model.safetensors").exists()  # no PyTorch weights to write
+
+
+def test_an_onnx_workload_is_searched_over_quantization_and_exported(
+    sklearn_onnx, tmp_path, capsys
+):
+    import json
+
+    folder, _ = sklearn_onnx
+    toml, run = write(folder), tmp_path / "search"
+    args = ["search", str(toml), "--trials", "3", "--out", str(run), "--trial-seconds", "0.05"]
+    assert main([*args, "--sampler", "random", "--max-drop", "5"]) == 0
+    trials = json.loads((run / "results.json").read_text())["trials"]
+    assert len(trials) == 3 and all(t["recipe"].startswith("quantize") for t in trials)
+    assert main(["export", str(run)]) == 0
+    record = json.loads((run / "export" / "onnx" / "export.json").read_text())
+    assert record["parity"]["metric"]["exported"] == pytest.approx(
+        record["parity"]["metric"]["recorded"], abs=0.005
+    )
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "safetensors"]) == 2
+    assert "is an ONNX graph, with no PyTorch weights" in capsys.readouterr().err
+
+
+def test_a_pytorch_technique_on_an_onnx_workload_is_refused_in_one_line(
+    sklearn_onnx, tmp_path, capsys
+):
+    folder, _ = sklearn_onnx
+    code = main(
+        ["compress", str(write(folder)), "--recipe", "prune:0.5", "--out", str(tmp_path / "r")]
+    )
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1
+    assert "prune works on a PyTorch model; this workload is an ONNX graph" in errors[0]

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -419,3 +420,36 @@ def test_ctrl_c_stops_a_search_within_seconds_and_a_rerun_resumes_it(search_dir)
     assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in result["trials"]) == 3
     retried = [t for t in result["trials"] if t.get("retry_of") == interrupted]
     assert retried and retried[0]["state"] in ("COMPLETE", "PRUNED")
+
+
+def test_the_probe_leaves_out_quantization_modes_that_are_slower(search_dir, monkeypatch):
+    """The timings of the modes are set (dynamic int8 3x and static int8 1.2x slower than fp32,
+    fp16 2x faster), so that the verdict does not depend on this machine."""
+    import dataclasses
+
+    from fulcrum import timing
+
+    real = timing.compare_latency
+    factors = {"int8-dynamic": 3.0, "int8-static": 1.2, "fp16": 0.5}
+
+    def timed(runners, *args, **kwargs):
+        times = real(runners, *args, **kwargs)
+        base = next(v for (name, _), v in times.items() if name == "baseline")
+        return {
+            (name, b): dataclasses.replace(v, median_ms=base.median_ms * factors[name])
+            if name in factors
+            else v
+            for (name, b), v in times.items()
+        }
+
+    monkeypatch.setattr(timing, "compare_latency", timed)
+    out = search_dir / "probed"
+    assert main(["search", *search_args(search_dir, "fast", out, "--trials", "10")]) == 0
+    result = json.loads((out / "results.json").read_text())
+    probe = result["probe"]
+    assert probe["int8-dynamic"] == {"kept": False, "latency_ratio": 3.0}
+    assert probe["fp16"] == {"kept": True, "latency_ratio": 0.5}
+    assert probe["int8-static"] == {"kept": False, "latency_ratio": 1.2}
+    quantized = [t["recipe"] for t in result["trials"] if "quantize" in t["recipe"]]
+    drawn = {(re.search(r"mode=([\w-]+)", r) or ["", "int8-static"])[1] for r in quantized}
+    assert drawn == {"fp16"}  # the warm start's int8 became fp16, and nothing slower was drawn

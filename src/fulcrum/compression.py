@@ -131,7 +131,7 @@ def context_of(
 
 @keeps_caller_state("model")
 def compress(
-    model: nn.Module,
+    model: nn.Module | OnnxModel,
     recipe: Sequence[TechniqueConfig] | str,
     workload: Workload,
     *,
@@ -146,21 +146,19 @@ def compress(
     With ``cache``, the candidate after each recipe prefix is kept there and reused: a search
     that tries three quantizations of the same pruned and fine-tuned model trains it once.
 
-    Torch's threads and random generator and the caller's model mode are left as they were.
+    ``model`` may be an ONNX workload's graph (an OnnxModel): then only graph steps apply (fuse,
+    quantize). Torch's threads and random generator and the caller's model mode are left as
+    they were.
 
     >>> candidate = compress(workload.model, "prune:0.5 > finetune:3", workload)  # doctest: +SKIP
     """
     from fulcrum.runtimes import default_threads, torch_threads
 
-    if not isinstance(model, nn.Module):
-        raise ConfigError(
-            "compress needs a PyTorch model; an ONNX workload can be profiled and evaluated only."
-        )
     steps = parse_recipe(recipe) if isinstance(recipe, str) else check_order(tuple(recipe))
     threads = threads or default_threads()
     report = progress or (lambda _m: None)
     ctx = context_of(workload, seed=seed, threads=threads, progress=report, on_epoch=on_epoch)
-    candidate = Candidate(model=model.eval())
+    candidate = Candidate.of(model)
     done = 0
     if cache is not None:
         for n in range(len(steps), 0, -1):
@@ -178,9 +176,34 @@ def compress(
     return candidate
 
 
-def deployed(candidate: Candidate, threads: int | None = None) -> nn.Module | OnnxModel:
-    """The candidate as it will run: its ONNX graph on ONNX Runtime, or its PyTorch model."""
-    return OnnxModel(candidate.onnx, threads) if candidate.onnx is not None else candidate.model
+def deployed(
+    candidate: Candidate, threads: int | None = None, output: str | None = None
+) -> nn.Module | OnnxModel:
+    """The candidate as it will run: its ONNX graph on ONNX Runtime (judged on ``output``, the
+    workload's chosen output), or its PyTorch model."""
+    if candidate.onnx is not None:
+        return OnnxModel(candidate.onnx, threads, output)
+    return candidate.require_float("deploy")
+
+
+def output_of(workload: Workload) -> str | None:
+    """The output an ONNX workload is judged on (its graph's compressed forms keep the name)."""
+    return workload.model.chosen_output if isinstance(workload.model, OnnxModel) else None
+
+
+def counts(candidate: Candidate, example_inputs: Sequence[torch.Tensor]) -> tuple[int, int]:
+    """(parameters, MACs) of a candidate: of its PyTorch model (a quantized graph computes what
+    its float model did), or counted on its graph when it never had one."""
+    from fulcrum import measure
+
+    if candidate.model is not None:
+        return (
+            measure.parameter_counts(candidate.model)[0],
+            measure.torch_compute(candidate.model, example_inputs)[0],
+        )
+    assert candidate.onnx is not None
+    graph = measure.profile(OnnxModel(candidate.onnx), example_inputs, latency=False)
+    return graph.params_total, graph.macs
 
 
 def onnx_bytes(candidate: Candidate, example_inputs: Sequence[torch.Tensor]) -> bytes:
@@ -190,7 +213,8 @@ def onnx_bytes(candidate: Candidate, example_inputs: Sequence[torch.Tensor]) -> 
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="fulcrum-") as tmp:
-        path = export_onnx(candidate.model, with_batch(example_inputs, 1), Path(tmp) / "model.onnx")
+        model = candidate.require_float("export")
+        path = export_onnx(model, with_batch(example_inputs, 1), Path(tmp) / "model.onnx")
         import onnx
 
         return onnx.load(str(path)).SerializeToString()
@@ -207,8 +231,12 @@ def save_candidate(
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(onnx_bytes(candidate, example_inputs))
-    state = {k: v.detach().contiguous() for k, v in candidate.model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
+    files = {"onnx": "model.onnx", "manifest": "model.json"}
+    model = candidate.model
+    if model is not None:  # an ONNX workload's candidates are graphs only
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        files["safetensors"] = "model.safetensors"
     manifest = {
         "format": "fulcrum-candidate",
         "version": 1,
@@ -223,12 +251,12 @@ def save_candidate(
         ],
         "attention_heads": {  # heads may have been removed: the count of every attention
             name: module.num_attention_heads
-            for name, module in candidate.model.named_modules()
+            for name, module in (model.named_modules() if model is not None else ())
             if isinstance(getattr(module, "num_attention_heads", None), int)
         },
     }
     (folder / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return {"onnx": "model.onnx", "safetensors": "model.safetensors", "manifest": "model.json"}
+    return files
 
 
 def rebuild(model: nn.Module, folder: Path) -> nn.Module:
@@ -326,8 +354,8 @@ def load_candidate(folder: Path, threads: int | None = None) -> tuple[nn.Module 
         original = load(manifest["workload"]).model
     except Exception:
         return None, onnx_model
-    if not isinstance(original, nn.Module):
-        return None, onnx_model
+    if not isinstance(original, nn.Module):  # an ONNX workload: judged on the same output
+        return None, OnnxModel(folder / "model.onnx", threads, original.chosen_output)
     return rebuild(original, folder), onnx_model
 
 

@@ -53,7 +53,9 @@ def evaluate(
     name = getattr(metric, "__name__", "metric")
     values = dict(extra) if isinstance(extra, Mapping) else {name: extra}
     merged = {**result.metrics, **{k: finite_or_none(v) for k, v in values.items()}}
-    return replace(result, metrics=merged)
+    # a note about a metric the workload's own function recomputed no longer applies
+    notes = tuple(n for n in result.notes if n.split()[0] not in values)
+    return replace(result, metrics=merged, notes=notes)
 
 
 _REFERENCE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()

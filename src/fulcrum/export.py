@@ -117,7 +117,7 @@ def export(
     force: bool = False,
 ) -> dict[str, Any]:
     """Export a run's sweet spot (or ``trial``) as ``fmt`` into ``out`` and verify it."""
-    from fulcrum.compression import rebuild
+    from fulcrum.compression import output_of, rebuild
     from fulcrum.runtimes import OnnxModel, output_tensor
     from fulcrum.workloads import load as load_workload
 
@@ -142,11 +142,14 @@ def export(
             f"export path {str(out)!r} is not writable ({exc.strerror}); choose another --out."
         ) from None
     workload = load_workload(manifest["workload"])
-    if not isinstance(workload.model, nn.Module):
+    model: Any = workload.model  # an ONNX workload: its own float graph is the reference
+    if isinstance(workload.model, nn.Module):
+        model = rebuild(workload.model, source)
+    elif fmt != "onnx":
         raise ConfigError(
-            f"workload {manifest['workload']!r} is not a PyTorch model; nothing to rebuild."
+            f"workload {manifest['workload']!r} is an ONNX graph, with no PyTorch weights to "
+            f"write as {fmt}; export it with --format onnx."
         )
-    model = rebuild(workload.model, source)
     inputs = validation_inputs(workload)
     with torch.no_grad():
         float_out = output_tensor(model(*inputs))
@@ -156,12 +159,12 @@ def export(
     if fmt == "onnx":
         target = out / "model.onnx"
         shutil.copyfile(source / "model.onnx", target)
-        artifact = OnnxModel(target, threads=1)
+        artifact = OnnxModel(target, threads=1, output=output_of(workload))
         files.append(target)
     elif fmt == "safetensors":
         for name in ("model.safetensors", "model.json"):
             shutil.copyfile(source / name, out / name)
-        artifact = rebuild(workload.model, out)
+        artifact = rebuild(workload.pytorch_model("export"), out)
         files += [out / "model.safetensors", out / "model.json"]
     else:
         from fulcrum.runtimes import with_batch

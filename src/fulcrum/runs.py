@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fulcrum.workloads import Workload
 
 
@@ -37,6 +39,7 @@ def compress_run(
         compress,
         deployed,
         onnx_bytes,
+        output_of,
         recipe_from,
         recipe_text,
         save_candidate,
@@ -46,8 +49,9 @@ def compress_run(
     from fulcrum.runtimes import OnnxModel, default_threads
     from fulcrum.techniques import Candidate
 
-    model = workload.pytorch_model("compress")
+    model = workload.model  # a PyTorch module, or an ONNX workload's graph
     threads = threads or default_threads()
+    output = output_of(workload)
     say = progress or (lambda _m: None)
     start = time.perf_counter()
     say("evaluating the baseline")
@@ -56,24 +60,26 @@ def compress_run(
     candidate = compress(model, steps, workload, seed=seed, threads=threads, progress=say)
     compress_seconds = time.perf_counter() - start
     say("evaluating the candidate on its runtime")
-    runner = deployed(candidate, threads)
+    runner = deployed(candidate, threads, output)
     cand_eval = evaluate_workload(workload, runner, threads=threads)
     say("measuring size and compute")
+    base_onnx = onnx_bytes(Candidate.of(model), workload.example_inputs)
+    cand_onnx = onnx_bytes(candidate, workload.example_inputs)
     base_profile = measure.profile(
-        workload.model, workload.example_inputs, latency=False, runtimes_=("torch",)
+        model, workload.example_inputs, latency=False, runtimes_=("torch",)
     )
     cand_profile = measure.profile(
-        candidate.model, workload.example_inputs, latency=False, runtimes_=("torch",)
+        candidate.model if candidate.model is not None else OnnxModel(cand_onnx, threads),
+        workload.example_inputs,
+        latency=False,
+        runtimes_=("torch",),
     )
-    base_onnx = onnx_bytes(Candidate(model=model), workload.example_inputs)
-    cand_onnx = onnx_bytes(candidate, workload.example_inputs)
-    runners: dict[str, Any] = {
-        "baseline/torch": workload.model,
-        "baseline/onnxruntime": OnnxModel(base_onnx, threads),
-    }
+    runners: dict[str, Any] = {"baseline/onnxruntime": OnnxModel(base_onnx, threads, output)}
+    if isinstance(model, torch.nn.Module):
+        runners["baseline/torch"] = model
     if candidate.onnx is None:
         runners["candidate/torch"] = candidate.model
-    runners["candidate/onnxruntime"] = OnnxModel(cand_onnx, threads)
+    runners["candidate/onnxruntime"] = OnnxModel(cand_onnx, threads, output)
     say("timing baseline and candidate side by side")
     latency = timing.compare_latency(
         runners, workload.example_inputs, batch_sizes=batch_sizes, threads=threads, seconds=seconds
@@ -104,20 +110,14 @@ def compress_run(
             "params": base_profile.params_total,
             "params_nonzero": base_profile.params_nonzero,
             "macs": base_profile.macs,
-            "bytes": {
-                "safetensors": base_profile.artifact_bytes["safetensors"],
-                "onnx": len(base_onnx),
-            },
+            "bytes": {**base_profile.artifact_bytes, "onnx": len(base_onnx)},
         },
         "candidate": {
             "evaluation": cand_eval.to_dict(),
             "params": cand_profile.params_total,
             "params_nonzero": cand_nonzero,
             "macs": cand_profile.macs,
-            "bytes": {
-                "safetensors": cand_profile.artifact_bytes["safetensors"],
-                "onnx": len(cand_onnx),
-            },
+            "bytes": {**cand_profile.artifact_bytes, "onnx": len(cand_onnx)},
         },
         "latency": [
             {
@@ -133,10 +133,11 @@ def compress_run(
     }
     result = as_run(comparison)
     result["environment"] = base_profile.environment
-    result["layers"] = {
-        "baseline": measure.layer_rows(model, workload.example_inputs),
-        "sweet spot": measure.layer_rows(candidate.model, workload.example_inputs),
-    }
+    if isinstance(model, torch.nn.Module) and candidate.model is not None:
+        result["layers"] = {
+            "baseline": measure.layer_rows(model, workload.example_inputs),
+            "sweet spot": measure.layer_rows(candidate.model, workload.example_inputs),
+        }
     if out is not None:
         save_candidate(candidate, out, workload.example_inputs, _source(workload))
         (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

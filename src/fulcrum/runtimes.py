@@ -299,7 +299,15 @@ def _tidy(path: Path, axes: Sequence[dict[int, str]]) -> None:
         kept = [p for p in node.metadata_props if p.key in KEPT_METADATA]
         del node.metadata_props[:]
         node.metadata_props.extend(kept)
-    onnx.save(proto, str(path))
+    external = {  # the exporter may have written the weights beside the graph
+        e.value
+        for t in onnx.load(str(path), load_external_data=False).graph.initializer
+        for e in t.external_data
+        if e.key == "location"
+    }
+    onnx.save(proto, str(path))  # weights inline (under 2 GB): the side file is stale now
+    for name in external:
+        (path.parent / name).unlink(missing_ok=True)
 
 
 def ort_session(path: Path | str | bytes, threads: int | None = None) -> Any:

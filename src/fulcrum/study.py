@@ -113,16 +113,29 @@ class SearchSettings:
 
 
 def suggest_recipe(
-    trial: Any, settings: SearchSettings, task: str = "multiclass", transformer: bool = False
+    trial: Any,
+    settings: SearchSettings,
+    task: str = "multiclass",
+    transformer: bool = False,
+    *,
+    graph_only: bool = False,
+    modes: Sequence[str] | None = None,
 ) -> tuple[Any, ...]:
     """A recipe drawn from the technique registry's spaces, in the one order that works.
 
     Recovery by fine-tuning needs labels, so an embedding task recovers by distillation only;
     layer dropping, head and feed-forward pruning, hidden-state distillation and graph fusion are
-    drawn for transformers (what they act on).
+    drawn for transformers (what they act on). An ONNX workload (``graph_only``) has no PyTorch
+    model to train: only quantization is drawn. ``modes`` narrows the quantization modes drawn
+    (the probe's verdict: the modes that made this model faster); empty, no quantization.
     """
     from fulcrum.techniques import get
 
+    quantize = modes is None or bool(modes)
+    if modes is not None:
+        trial = Narrowed(trial, {"quantize.mode": list(modes)})
+    if graph_only:
+        return (get("quantize").space(trial),) if quantize else ()
     steps: list[Any] = []
     if transformer and trial.suggest_categorical("use_layers", [False, True]):
         steps.append(get("layers").space(trial))  # a shallower student of the same encoder
@@ -148,9 +161,74 @@ def suggest_recipe(
     if settings.runtime == "onnxruntime":
         if transformer and trial.suggest_categorical("use_fuse", [True, False]):
             steps.append(get("fuse").space(trial))
-        if trial.suggest_categorical("use_quantize", [True, False]):
+        if quantize and trial.suggest_categorical("use_quantize", [True, False]):
             steps.append(get("quantize").space(trial))
     return tuple(steps)
+
+
+class Narrowed:
+    """A trial whose categorical choices for some parameters are narrowed to a fixed subset
+    (the same for the whole study, so that Optuna's distributions stay consistent)."""
+
+    def __init__(self, trial: Any, choices: dict[str, list[Any]]) -> None:
+        self.trial, self.choices = trial, choices
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        if name in self.choices:
+            choices = [c for c in choices if c in self.choices[name]]
+        return self.trial.suggest_categorical(name, choices)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.trial, name)
+
+
+def within_probe(params: dict[str, Any], probe: dict[str, Any] | None) -> dict[str, Any]:
+    """A warm-start recipe with its quantization mode replaced by the fastest mode the probe
+    kept (or without quantization when it kept none)."""
+    mode = params.get("quantize.mode")
+    if not probe or mode is None or probe.get(mode, {}).get("kept"):
+        return params
+    kept = sorted((v["latency_ratio"], m) for m, v in probe.items() if v["kept"])
+    narrowed = {k: v for k, v in params.items() if not k.startswith("quantize.")}
+    return {**narrowed, "quantize.mode": kept[0][1]} if kept else narrowed
+
+
+def probe_quantization(trialist: Trialist) -> dict[str, dict[str, Any]]:
+    """Each quantization mode applied alone to the baseline and timed beside it, interleaved:
+    a mode that does not make this model faster on this runtime is left out of a latency
+    search (dynamic int8 of a conv net, fp16 on a CPU). What each mode measured is kept."""
+    from fulcrum import timing
+    from fulcrum.compression import compress, onnx_bytes, output_of
+    from fulcrum.errors import FulcrumError, first_line
+    from fulcrum.runtimes import OnnxModel
+    from fulcrum.techniques.quantize import MODES
+
+    workload, settings = trialist.workload, trialist.settings
+    runners: dict[str, Any] = {"baseline": trialist.base.runner}
+    found: dict[str, dict[str, Any]] = {}
+    for mode in MODES:
+        try:
+            candidate = compress(
+                workload.model, f"quantize:{mode}", workload, threads=trialist.threads
+            )
+        except FulcrumError as exc:  # calibration data missing, a graph it cannot take, ...
+            found[mode] = {"kept": False, "error": first_line(exc, 200)}
+            continue
+        data = onnx_bytes(candidate, workload.example_inputs)
+        runners[mode] = OnnxModel(data, trialist.threads, output_of(workload))
+    times = timing.compare_latency(
+        runners,
+        workload.example_inputs,
+        batch_sizes=(settings.batch_size,),
+        threads=trialist.threads,
+        seconds=settings.trial_seconds * len(runners),
+    )
+    base = times[("baseline", settings.batch_size)].median_ms
+    for mode in runners:
+        if mode != "baseline":
+            ratio = round(times[(mode, settings.batch_size)].median_ms / base, 4)
+            found[mode] = {"kept": ratio < 1.0, "latency_ratio": ratio}
+    return found
 
 
 WARM_START_MIN_TRIALS = 10
@@ -350,7 +428,7 @@ class Baseline:
 
 def measure_baseline(workload: Workload, settings: SearchSettings, threads: int) -> Baseline:
     from fulcrum import measure, timing
-    from fulcrum.compression import onnx_bytes
+    from fulcrum.compression import onnx_bytes, output_of
     from fulcrum.evaluation import evaluate_workload
     from fulcrum.metrics import MAIN_METRIC
     from fulcrum.runtimes import OnnxModel
@@ -361,10 +439,8 @@ def measure_baseline(workload: Workload, settings: SearchSettings, threads: int)
         workload.model, workload.example_inputs, latency=False, runtimes_=("torch",)
     )
     if settings.runtime == "onnxruntime":
-        data = onnx_bytes(
-            Candidate(model=workload.pytorch_model("search")), workload.example_inputs
-        )
-        runner: Any = OnnxModel(data, threads)
+        data = onnx_bytes(Candidate.of(workload.model), workload.example_inputs)
+        runner: Any = OnnxModel(data, threads, output_of(workload))
         size = len(data)
     else:
         runner, size = workload.model, profile.artifact_bytes["safetensors"]
@@ -409,22 +485,43 @@ class Trialist:
         self.progress = progress or (lambda _m: None)
         self.cache: dict[str, Any] = {}
         self.base = measure_baseline(workload, settings, threads)
+        import torch
+
         from fulcrum.techniques.fuse import has_attention
 
-        self.transformer = has_attention(workload.model)
+        self.transformer = isinstance(workload.model, torch.nn.Module) and has_attention(
+            workload.model
+        )
+        self.graph_only = not isinstance(workload.model, torch.nn.Module)  # an ONNX workload
 
     def objective(self, trial: Any) -> list[float]:
         import optuna
 
         from fulcrum import measure, timing
-        from fulcrum.compression import compress, deployed, onnx_bytes, recipe_text, save_candidate
+        from fulcrum.compression import (
+            compress,
+            counts,
+            deployed,
+            onnx_bytes,
+            output_of,
+            recipe_text,
+            save_candidate,
+        )
         from fulcrum.evaluation import evaluate_workload
         from fulcrum.metrics import MAIN_METRIC
         from fulcrum.runtimes import OnnxModel
 
         settings, workload = self.settings, self.workload
         start = time.perf_counter()
-        recipe = suggest_recipe(trial, settings, workload.task, self.transformer)
+        probe = self.reference.get("probe")
+        recipe = suggest_recipe(
+            trial,
+            settings,
+            workload.task,
+            self.transformer,
+            graph_only=self.graph_only,
+            modes=[m for m, v in probe.items() if v["kept"]] if probe else None,
+        )
         text = recipe_text(recipe)
         trial.set_user_attr("recipe", text)
         trial.set_user_attr("worker", WORKER)  # which machine and process ran it
@@ -455,7 +552,7 @@ class Trialist:
         if len(self.cache) > 24:
             self.cache.clear()
         candidate = compress(
-            workload.pytorch_model("search"),
+            workload.model,
             recipe,
             workload,
             seed=settings.seed,
@@ -465,11 +562,11 @@ class Trialist:
         )
         if settings.runtime == "onnxruntime":
             data = onnx_bytes(candidate, workload.example_inputs)
-            runner: Any = OnnxModel(data, self.threads)
+            runner: Any = OnnxModel(data, self.threads, output_of(workload))
             size = len(data)
         else:
             runner = deployed(candidate, self.threads)
-            size = measure.safetensors_bytes(candidate.model)
+            size = measure.safetensors_bytes(candidate.require_float("search"))
         evaluation = evaluate_workload(workload, runner, threads=self.threads)
         metric = float(evaluation.metrics[MAIN_METRIC[workload.task]] or 0.0)
         times = timing.compare_latency(
@@ -483,14 +580,14 @@ class Trialist:
             times[("candidate", settings.batch_size)].median_ms
             / times[("baseline", settings.batch_size)].median_ms
         )
-        macs = measure.torch_compute(candidate.model, workload.example_inputs)[0]
+        params, macs = counts(candidate, workload.example_inputs)
         values = {
             "metric": metric,
             "latency_ms": round(ratio * self.reference["latency_ms"], 5),
             "latency_ratio": round(ratio, 4),
             "size_bytes": size,
             "macs": macs,
-            "params": measure.parameter_counts(candidate.model)[0],
+            "params": params,
         }
         save_candidate(
             candidate,
@@ -684,9 +781,9 @@ def run_study(
     from fulcrum.runtimes import default_threads
     from fulcrum.workloads import source_of
 
-    if not isinstance(workload.model, torch.nn.Module):
+    if not isinstance(workload.model, torch.nn.Module) and settings.runtime != "onnxruntime":
         raise ConfigError(
-            "search needs a PyTorch model; an ONNX workload can be profiled and evaluated only."
+            "an ONNX workload runs on ONNX Runtime only; drop --runtime torch to search it."
         )
     if settings.workers > 1 and spec is None:
         raise ConfigError(
@@ -714,10 +811,18 @@ def run_study(
             "workload_source": source_of(workload),
             "settings": {k: v for k, v in asdict(settings).items() if k not in ("workers",)},
         }
+        probing = settings.runtime == "onnxruntime" and "latency_ms" in settings.objectives
+        if probing and settings.trials >= WARM_START_MIN_TRIALS:  # worth it for longer searches
+            say("probing which quantization modes make this model faster")
+            reference["probe"] = probe_quantization(trialist)
+            for mode, verdict in reference["probe"].items():
+                figure = verdict.get("latency_ratio")
+                found = f"{figure:.2f}x the baseline's latency" if figure else verdict["error"]
+                say(f"  quantize:{mode}: {found}" + ("" if verdict["kept"] else ", left out"))
         study.set_user_attr("baseline", reference)
-        if settings.trials >= WARM_START_MIN_TRIALS:
+        if settings.trials >= WARM_START_MIN_TRIALS and not trialist.graph_only:
             for params in warm_start(settings, workload.task, trialist.transformer):
-                study.enqueue_trial(params)
+                study.enqueue_trial(within_probe(params, reference.get("probe")))
     trialist.reference = reference
     start = time.perf_counter()
     if settings.workers > 1:

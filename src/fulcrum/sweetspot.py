@@ -82,6 +82,8 @@ def _layers(trialist: Trialist, chosen: Path | None) -> dict[str, list[dict[str,
     from fulcrum.measure import layer_rows
 
     workload = trialist.workload
+    if trialist.graph_only:  # an ONNX workload: no PyTorch layers to list
+        return {}
     model = workload.pytorch_model("search")
     models = {"baseline": model}
     if chosen is not None:
@@ -96,6 +98,7 @@ def conclude(
     from optuna.trial import TrialState
 
     from fulcrum import frontier, timing
+    from fulcrum.compression import output_of
     from fulcrum.measure import environment
     from fulcrum.runtimes import OnnxModel
 
@@ -119,7 +122,9 @@ def conclude(
         for p in finalists:
             folder = run_dir / "trials" / p.key
             if settings.runtime == "onnxruntime":
-                runners[p.key] = OnnxModel(folder / "model.onnx", trialist.threads)
+                runners[p.key] = OnnxModel(
+                    folder / "model.onnx", trialist.threads, output_of(trialist.workload)
+                )
             else:
                 from fulcrum.compression import rebuild
 
@@ -177,6 +182,8 @@ def conclude(
             k: reference[k]
             for k in ("metric", "latency_ms", "size_bytes", "macs", "params", "metrics")
         },
+        # which quantization modes made the baseline faster, measured before the trials
+        "probe": reference.get("probe"),
         "trials": [_trial_record(t) for t in study.get_trials(deepcopy=False)],
         "frontier": [{"trial": p.key, **p.values, **p.data} for p in front],
         "pick": {

@@ -141,17 +141,19 @@ def run_deployed(candidate: Candidate, inputs: tuple[torch.Tensor, ...]) -> torc
     if candidate.onnx is not None:
         return OnnxModel(candidate.onnx, threads=1)(*inputs)
     with torch.no_grad():
-        return output_tensor(candidate.model(*inputs))
+        return output_tensor(candidate.require_float("run")(*inputs))
 
 
 def _size(candidate: Candidate, inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
     from fulcrum.compression import onnx_bytes
     from fulcrum.measure import parameter_counts, torch_compute
 
-    total, _, nonzero = parameter_counts(candidate.model)
+    model = candidate.require_float("measure") if candidate.onnx is None else candidate.model
+    assert model is not None
+    total, _, nonzero = parameter_counts(model)
     return {
         "params": total,
-        "macs": torch_compute(candidate.model, inputs)[0],
+        "macs": torch_compute(model, inputs)[0],
         "nonzero": nonzero,
         "artifact": len(onnx_bytes(candidate, inputs)),
     }

@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(out)
     write_json(args.json, result)
     print(f"report: {paths['report']}")
-    print(f"\nwrote {out}/results.json, {out}/model.onnx, {out}/model.safetensors")
+    written = ["results.json", "model.onnx", "model.safetensors"]
+    print("\nwrote " + ", ".join(f"{out}/{name}" for name in written if (out / name).is_file()))
     return 0
 
 
@@ -98,9 +99,12 @@ def render(result: dict[str, Any]) -> None:
         after = cand["evaluation"]["metrics"].get(name)
         if name == "threshold":
             continue
-        delta = (
-            f"{(after - value) * 100:+.2f} pt" if value is not None and after is not None else "-"
-        )
+        if value is None or after is None:
+            delta = "-"
+        elif result["task"] == "regression":  # errors in the target's units, not fractions
+            delta = f"{after - value:+.4g}"
+        else:
+            delta = f"{(after - value) * 100:+.2f} pt"
         table.add_row(name, _num(value), _num(after), delta)
     table.add_row(
         "parameters",
@@ -118,6 +122,8 @@ def render(result: dict[str, Any]) -> None:
         "MACs", human(base["macs"]), human(cand["macs"]), ratio(base["macs"], cand["macs"])
     )
     for fmt in ("onnx", "safetensors"):
+        if fmt not in base["bytes"] or fmt not in cand["bytes"]:
+            continue  # an ONNX workload has no PyTorch weights
         table.add_row(
             f"bytes on disk ({fmt})",
             human_bytes(base["bytes"][fmt]),

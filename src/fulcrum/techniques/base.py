@@ -157,27 +157,42 @@ class Step:
 class Candidate:
     """A compressed model and where it runs.
 
-    ``model`` is always a float-compatible PyTorch module (what training steps continue from).
-    When ``onnx`` is set, the deployed form is that ONNX graph run on ONNX Runtime (int8 or fp16
-    weights); otherwise it is ``model`` itself on PyTorch.
+    ``model`` is the float-compatible PyTorch module that training steps continue from, or None
+    when the workload itself is an ONNX graph (a model from another framework), where only graph
+    steps apply. When ``onnx`` is set, the deployed form is that ONNX graph run on ONNX Runtime
+    (fused, int8 or fp16); otherwise it is ``model`` itself on PyTorch.
     """
 
-    model: nn.Module
+    model: nn.Module | None
     onnx: bytes | None = None
     runtime: str = "torch"
     steps: tuple[Step, ...] = ()
 
+    @classmethod
+    def of(cls, model: Any) -> Candidate:
+        """The uncompressed candidate of a workload's model: a PyTorch module or an OnnxModel."""
+        if isinstance(model, nn.Module):
+            return cls(model=model.eval())
+        return cls(model=None, onnx=model.proto().SerializeToString(), runtime="onnxruntime")
+
     def with_step(self, step: Step, **changes: Any) -> Candidate:
         return dataclasses.replace(self, steps=(*self.steps, step), **changes)
 
-    def require_float(self, technique: str) -> None:
-        """Refuse to continue from an ONNX graph: ``technique`` works on the PyTorch model."""
+    def require_float(self, technique: str) -> nn.Module:
+        """The PyTorch model ``technique`` works on; refused once the recipe turned it into an
+        ONNX graph, or when there never was one (an ONNX workload)."""
+        if self.model is None:
+            raise TechniqueError(
+                f"{technique} works on a PyTorch model; this workload is an ONNX graph, on which "
+                "only graph steps apply (fuse, quantize)."
+            )
         if self.final:
             done = ", ".join(s.config.get("type", "?") for s in self.steps if s.facts.get("graph"))
             raise TechniqueError(
                 f"{technique} works on the PyTorch model, which this recipe already turned into "
                 f"an ONNX graph ({done or 'quantize'}); put {technique} before those steps."
             )
+        return self.model
 
     @property
     def final(self) -> bool:

@@ -66,7 +66,7 @@ def layer_pairs(candidate: Candidate, teacher: nn.Module) -> tuple[tuple[int, in
     for step in candidate.steps:
         if "layers_kept" in step.facts:
             origin = [origin[i] for i in step.facts["layers_kept"]]
-    holder, attribute = encoder_layers(candidate.model)
+    holder, attribute = encoder_layers(candidate.require_float("distill"))
     depth = len(getattr(holder, attribute))
     if depth != len(origin):  # layers changed outside a recorded step: TinyBERT's uniform map
         origin = [int((i + 1) * len(origin) / depth) - 1 for i in range(depth)]
@@ -80,7 +80,7 @@ def narrower(model: nn.Module, width: float, ctx: Context) -> nn.Module:
 
     student = prune(
         PruneConfig(ratio=round(1.0 - width, 4), round_to=1), Candidate(model=model), ctx
-    ).model
+    ).require_float("distill")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(ctx.seed)
     for module in student.modules():
@@ -92,7 +92,7 @@ def narrower(model: nn.Module, width: float, ctx: Context) -> nn.Module:
 
 
 def apply(config: DistillConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    candidate.require_float("distill")
+    float_model = candidate.require_float("distill")
     if ctx.teacher is None or not isinstance(ctx.teacher, nn.Module):
         raise ConfigError(
             "distill needs a PyTorch teacher model; this workload has none (an ONNX model cannot teach)."
@@ -105,7 +105,7 @@ def apply(config: DistillConfig, candidate: Candidate, ctx: Context) -> Candidat
     alpha = 1.0 if ctx.task == "embedding" else config.alpha  # embeddings have no labels
     start = time.perf_counter()
     student = (
-        candidate.model if config.width is None else narrower(candidate.model, config.width, ctx)
+        float_model if config.width is None else narrower(float_model, config.width, ctx)
     )
     hidden = (
         HiddenMatch(layer_pairs(candidate, ctx.teacher), config.hidden) if config.hidden else None

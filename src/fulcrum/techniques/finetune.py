@@ -50,13 +50,13 @@ class FinetuneConfig(TechniqueConfig):
 
 
 def apply(config: FinetuneConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    candidate.require_float("finetune")
+    float_model = candidate.require_float("finetune")
     if ctx.train is None:
         raise ConfigError("finetune needs the workload's training split; add 'train' to its data.")
     unlabelled = ctx.task == "embedding"
     start = time.perf_counter()
     model = fit(
-        candidate.model,
+        float_model,
         ctx.train,
         ctx.task,
         epochs=config.epochs,
@@ -72,7 +72,7 @@ def apply(config: FinetuneConfig, candidate: Candidate, ctx: Context) -> Candida
     if ctx.val is not None:
         reference = ctx.teacher if unlabelled else None  # cosine to the original, reported only
         facts = {
-            "val_before": round(score(candidate.model, ctx.val, ctx.task, reference), 4),
+            "val_before": round(score(float_model, ctx.val, ctx.task, reference), 4),
             "val_after": round(score(model, ctx.val, ctx.task, reference), 4),
         }
     step = Step(config=config.to_dict(), seconds=round(time.perf_counter() - start, 3), facts=facts)

@@ -260,9 +260,8 @@ def remove_channels_(model: nn.Module, block: Block, keep: torch.Tensor) -> None
 
 
 def apply(config: HeadsConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    candidate.require_float("heads")
     start = time.perf_counter()
-    model = copy_model(candidate.model)
+    model = copy_model(candidate.require_float("heads"))
     found = blocks(model)
     if config.importance == "gradient":
         head_scores, channel_scores = gradient_scores(model, found, ctx, config.batches)

@@ -120,9 +120,8 @@ def keep_layers_(model: nn.Module, kept: list[int]) -> None:
 
 
 def apply(config: LayersConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    candidate.require_float("layers")
     start = time.perf_counter()
-    model = copy_model(candidate.model)
+    model = copy_model(candidate.require_float("layers"))
     holder, attribute = encoder_layers(model)
     stack = getattr(holder, attribute)
     kept = chosen(config, len(stack))

@@ -105,9 +105,9 @@ def _replacement(module: nn.Module, config: LowRankConfig) -> nn.Module | None:
 
 
 def apply(config: LowRankConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    candidate.require_float("lowrank")
+    float_model = candidate.require_float("lowrank")
     start = time.perf_counter()
-    model = copy_model(candidate.model)
+    model = copy_model(float_model)
     skipped = set(config.skip)
     find_modules(model, config.skip)
     head = head_name(model)
@@ -124,7 +124,7 @@ def apply(config: LowRankConfig, candidate: Candidate, ctx: Context) -> Candidat
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, replacement)
         factored.append(name)
-    before = sum(p.numel() for p in candidate.model.parameters())
+    before = sum(p.numel() for p in float_model.parameters())
     after = sum(p.numel() for p in model.parameters())
     notes = (
         ()

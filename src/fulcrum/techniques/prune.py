@@ -136,9 +136,9 @@ def _untraceable(
 def apply(config: PruneConfig, candidate: Candidate, ctx: Context) -> Candidate:
     import torch_pruning as tp
 
-    candidate.require_float("prune")
+    float_model = candidate.require_float("prune")
     start = time.perf_counter()
-    model = copy_model(candidate.model)
+    model = copy_model(float_model)
     inputs = as_inputs(ctx.example_inputs)
     skipped = find_modules(model, config.skip)
     head = head_name(model)
@@ -165,7 +165,7 @@ def apply(config: PruneConfig, candidate: Candidate, ctx: Context) -> Candidate:
             prune_num_heads=False,
         )
     except Exception as exc:  # torch-pruning raises assorted errors on graphs it cannot follow
-        raise _untraceable(copy_model(candidate.model), inputs, exc) from None
+        raise _untraceable(copy_model(float_model), inputs, exc) from None
     if config.importance == "taylor":
         if ctx.train is None:
             raise ConfigError(

@@ -9,8 +9,10 @@ Settings follow what was measured fast on these machines (AVX-512 VNNI, see DESI
   layers, transformers): dynamic convolutions become ConvInteger, about 3x *slower* than fp32.
 - ``fp16``: weights stored in half precision and cast back to fp32 on load: half the file, the
   same fp32 compute (no faster on CPU).
-- ``int8-pt2e``: torchao's PyTorch-native path (``pt2e_quantize``). It works and is fast once
-  compiled, but a Candidate cannot carry a compiled module yet, so ``apply`` refuses it.
+
+torchao's PyTorch-native path (``pt2e_quantize``) works and is fast once compiled, but a candidate
+cannot yet carry, save and reload a compiled ``torch.export`` program, so it is a library function
+and not a mode: ``quantize:int8-pt2e`` is refused when the recipe is read, never after work.
 
 The result is an ONNX graph, so quantize is the last step of a recipe.
 """
@@ -45,7 +47,7 @@ from fulcrum.techniques.base import (
     register,
 )
 
-MODES = ("int8-static", "int8-dynamic", "fp16", "int8-pt2e")
+MODES = ("int8-static", "int8-dynamic", "fp16")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 EMBEDDINGS = ("int8", "int4", "float")
 # a 1-D float initializer this large is a weight (an embedding row, a norm scale), not a constant
@@ -54,8 +56,8 @@ FP16_MIN_ELEMENTS = 1024
 
 @dataclass(frozen=True)
 class QuantizeConfig(TechniqueConfig):
-    """``mode``: int8-static (calibrated; conv nets), int8-dynamic (Linear-heavy models), fp16
-    (weights only: half the file) or int8-pt2e (PyTorch-native; not a recipe step yet).
+    """``mode``: int8-static (calibrated; conv nets), int8-dynamic (Linear-heavy models) or fp16
+    (weights only: half the file).
 
     ``calibration`` and ``calib_batches`` apply to int8-static; ``skip`` names PyTorch layers
     ("classifier.3") that stay in float; ``embeddings`` (int8-dynamic) is how embedding tables
@@ -78,6 +80,11 @@ class QuantizeConfig(TechniqueConfig):
         super().__post_init__()
 
     def validate(self) -> None:
+        if self.mode == "int8-pt2e":
+            raise ConfigError(
+                "quantize:int8-pt2e is not a recipe step yet (a candidate cannot carry a compiled "
+                "PyTorch program); use quantize:int8-static, ONNX Runtime's int8, measured as fast."
+            )
         self.check_choice("mode", MODES)
         self.check_choice("calibration", CALIBRATIONS)
         self.check_choice("embeddings", EMBEDDINGS)
@@ -100,13 +107,8 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
             "quantize must be the last step of a recipe: this candidate is already quantized "
             f"({candidate.runtime} graph); remove the second quantize, or put quantize last."
         )
-    if config.mode == "int8-pt2e":
-        raise TechniqueError(
-            "quantize:int8-pt2e cannot be a recipe step yet: its result is a compiled PyTorch "
-            "module, which a candidate cannot carry; use quantize:int8-static (ONNX Runtime), "
-            "measured as fast."
-        )
-    find_modules(candidate.model, config.skip)
+    if candidate.model is not None:  # an ONNX workload's skip names graph nodes instead
+        find_modules(candidate.model, config.skip)
     if config.mode == "int8-static":
         _check_calibration(ctx, config)
     start = time.perf_counter()
@@ -119,7 +121,7 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
             exported.write_bytes(candidate.onnx)
         else:
             export_onnx(
-                copy_model(candidate.model),  # the exporter switches its model to eval mode
+                copy_model(candidate.require_float("quantize")),  # the exporter sets eval mode
                 with_batch(ctx.example_inputs, 1),
                 exported,
             )
@@ -389,6 +391,43 @@ def _quantize_int8(
         "entropy": q.CalibrationMethod.Entropy,
         "percentile": q.CalibrationMethod.Percentile,
     }[config.calibration]
+    options = {"CalibMaxIntermediateOutputs": 16}  # bounds calibration memory (MinMax only)
+    try:
+        static(source, target, reader, method, options, config, exclude)
+    except ValueError as exc:
+        # ONNX Runtime's bias-scale adjustment compares arrays as scalars for per-channel weights
+        # of some graphs (a scikit-learn MLP converted by skl2onnx): quantize without it
+        if "truth value of an array" not in str(exc):
+            raise
+        reader = _CalibrationReader(ctx.calib, graph, config.calib_batches)
+        options["QDQDisableWeightAdjustForInt32Bias"] = True
+        static(source, target, reader, method, options, config, exclude)
+        notes.append(
+            "ONNX Runtime's weight-scale adjustment for int32 biases failed on this graph; "
+            "quantized without it"
+        )
+    facts["calib_batches"] = reader.count
+    if reader.count < config.calib_batches:
+        notes.append(
+            f"calibrated on all {reader.count} batch(es) of the calibration split "
+            f"(calib_batches={config.calib_batches})"
+        )
+    return _load(target)
+
+
+def static(
+    source: Path,
+    target: Path,
+    reader: Any,
+    method: Any,
+    options: dict[str, Any],
+    config: QuantizeConfig,
+    exclude: list[str],
+) -> None:
+    """ONNX Runtime's static QDQ quantizer with the settings measured fast here (unsigned
+    activations, signed per-channel weights, no reduce_range)."""
+    from onnxruntime import quantization as q
+
     q.quantize_static(
         str(source),
         str(target),
@@ -400,16 +439,8 @@ def _quantize_int8(
         reduce_range=False,
         calibrate_method=method,
         nodes_to_exclude=exclude,
-        # bounds calibration memory (MinMax only; the result is the same)
-        extra_options={"CalibMaxIntermediateOutputs": 16},
+        extra_options=options,
     )
-    facts["calib_batches"] = reader.count
-    if reader.count < config.calib_batches:
-        notes.append(
-            f"calibrated on all {reader.count} batch(es) of the calibration split "
-            f"(calib_batches={config.calib_batches})"
-        )
-    return _load(target)
 
 
 def _gather_int4(graph: Any, exclude: Sequence[str]) -> Any:
@@ -466,6 +497,7 @@ def _skipped_nodes(graph: Any, names: Sequence[str]) -> list[str]:
             n.name
             for n in graph.graph.node
             if name in _module_scopes(n)
+            or n.name == name  # a node of an ONNX workload's own graph
             or any(i in initializers and i.startswith(prefix) for i in n.input)
         ]
         if not nodes:

@@ -55,9 +55,9 @@ def gzip_bytes(model: nn.Module) -> int:
 
 
 def apply(config: SparsityConfig, candidate: Candidate, ctx: Context) -> Candidate:
-    candidate.require_float("sparsify")
+    float_model = candidate.require_float("sparsify")
     start = time.perf_counter()
-    model = copy_model(candidate.model)
+    model = copy_model(float_model)
     skipped = {id(m) for m in find_modules(model, config.skip)}
     head = head_name(model)
     if head and not config.sparsify_head:
@@ -87,7 +87,7 @@ def apply(config: SparsityConfig, candidate: Candidate, ctx: Context) -> Candida
     zeros = sum(int((w == 0).sum()) for w in weights)
     facts = {
         "sparsity": round(zeros / total, 4),
-        "gzip_bytes_before": gzip_bytes(candidate.model),
+        "gzip_bytes_before": gzip_bytes(float_model),
         "gzip_bytes_after": gzip_bytes(model),
     }
     notes = (
