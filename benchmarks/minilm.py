@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,7 +32,7 @@ from fulcrum.runtimes import OnnxModel, default_threads
 from fulcrum.study import SearchSettings
 from fulcrum.sweetspot import search
 from fulcrum.techniques import Candidate
-from fulcrum.workloads import load
+from fulcrum.workloads import Workload, load
 
 REFERENCES = {
     "fulcrum int8-dynamic": "quantize:int8-dynamic",
@@ -55,6 +56,54 @@ def ort_default_dynamic(model_bytes: bytes) -> bytes:
 def at_length(inputs: tuple[torch.Tensor, ...], length: int) -> tuple[torch.Tensor, ...]:
     """The example sequence cut to ``length`` tokens (the last one kept: [SEP])."""
     return tuple(torch.cat([x[:, : length - 1], x[:, -1:]], dim=1) for x in inputs)
+
+
+def judge(
+    workload: Workload,
+    models: dict[str, bytes],
+    recipes: dict[str, str],
+    threads: int,
+    seconds: float,
+) -> list[dict[str, Any]]:
+    """Every ONNX model timed side by side with the first (the baseline), interleaved, at batch
+    1 with sequence 128 and the validation median length, and judged on the validation split."""
+    median = int(workload.info["median_length"])
+    runners = {k: OnnxModel(v, threads) for k, v in models.items()}
+    times = {
+        length: timing.compare_latency(
+            runners,
+            at_length(workload.example_inputs, length),
+            batch_sizes=(1,),
+            threads=threads,
+            seconds=seconds,
+        )
+        for length in (128, median)
+    }
+    base = next(iter(models))
+    rows = []
+    for name, data in models.items():
+        metrics = evaluate_workload(workload, runners[name], threads=threads).metrics
+        row: dict[str, Any] = {
+            "model": name,
+            "recipe": recipes[name],
+            "cosine_mean": round(float(metrics["cosine_mean"] or 0), 5),
+            "cosine_p5": round(float(metrics["cosine_p5"] or 0), 5),
+            "retrieval_at_10": round(float(metrics["retrieval_at_10"] or 0), 4),
+            "onnx_bytes": len(data),
+            "size_ratio": round(len(models[base]) / len(data), 2),
+        }
+        for length in (128, median):
+            ms = times[length][(name, 1)].median_ms
+            row[f"latency_b1_L{length}_ms"] = ms
+            row[f"speedup_b1_L{length}"] = round(times[length][(base, 1)].median_ms / ms, 2)
+        rows.append(row)
+        print(
+            f"{name:<34} cos {row['cosine_mean']:.4f} (p5 {row['cosine_p5']:.4f}) "
+            f"top10 {row['retrieval_at_10']:.3f} size x{row['size_ratio']:<5} "
+            f"b1 L128 x{row['speedup_b1_L128']} L{median} x{row[f'speedup_b1_L{median}']}  "
+            f"{row['recipe']}"
+        )
+    return rows
 
 
 def main() -> None:
@@ -91,40 +140,7 @@ def main() -> None:
         recipes["sweet spot"] = result["pick"]["point"]["recipe"]
 
     median = int(workload.info["median_length"])
-    runners = {k: OnnxModel(v, threads) for k, v in models.items()}
-    times = {}
-    for length in (128, median):
-        times[length] = timing.compare_latency(
-            runners,
-            at_length(workload.example_inputs, length),
-            batch_sizes=(1,),
-            threads=threads,
-            seconds=args.seconds,
-        )
-    base = "baseline (ORT fp32)"
-    rows = []
-    for name, data in models.items():
-        metrics = evaluate_workload(workload, runners[name], threads=threads).metrics
-        row = {
-            "model": name,
-            "recipe": recipes[name],
-            "cosine_mean": round(float(metrics["cosine_mean"] or 0), 5),
-            "cosine_p5": round(float(metrics["cosine_p5"] or 0), 5),
-            "retrieval_at_10": round(float(metrics["retrieval_at_10"] or 0), 4),
-            "onnx_bytes": len(data),
-            "size_ratio": round(len(base_bytes) / len(data), 2),
-        }
-        for length in (128, median):
-            ms = times[length][(name, 1)].median_ms
-            row[f"latency_b1_L{length}_ms"] = ms
-            row[f"speedup_b1_L{length}"] = round(times[length][(base, 1)].median_ms / ms, 2)
-        rows.append(row)
-        print(
-            f"{name:<30} cos {row['cosine_mean']:.4f} (p5 {row['cosine_p5']:.4f}) "
-            f"top10 {row['retrieval_at_10']:.3f} size x{row['size_ratio']:<5} "
-            f"b1 L128 x{row['speedup_b1_L128']} L{median} x{row[f'speedup_b1_L{median}']}  "
-            f"{row['recipe']}"
-        )
+    rows = judge(workload, models, recipes, threads, args.seconds)
     states = [t["state"] for t in result["trials"]]
     payload = {
         "benchmark": "search",
