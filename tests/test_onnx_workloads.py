@@ -23,9 +23,7 @@ def sklearn_onnx(tmp_path_factory):
     model.fit(x[:1200], y[:1200])
     onnx_model = to_onnx(model, x[:1], options={"zipmap": False}, target_opset=17)
     (folder / "mlp.onnx").write_bytes(onnx_model.SerializeToString())
-    np.savez(
-        folder / "data.npz", x_val=x[1200:], y_val=y[1200:], x_calib=x[:256], y_calib=y[:256]
-    )
+    np.savez(folder / "data.npz", x_val=x[1200:], y_val=y[1200:], x_calib=x[:256], y_calib=y[:256])
     return folder, float(model.score(x[1200:], y[1200:]))
 
 

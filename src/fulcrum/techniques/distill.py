@@ -104,9 +104,7 @@ def apply(config: DistillConfig, candidate: Candidate, ctx: Context) -> Candidat
         )
     alpha = 1.0 if ctx.task == "embedding" else config.alpha  # embeddings have no labels
     start = time.perf_counter()
-    student = (
-        float_model if config.width is None else narrower(float_model, config.width, ctx)
-    )
+    student = float_model if config.width is None else narrower(float_model, config.width, ctx)
     hidden = (
         HiddenMatch(layer_pairs(candidate, ctx.teacher), config.hidden) if config.hidden else None
     )

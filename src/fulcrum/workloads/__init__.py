@@ -29,21 +29,45 @@ def _minilm() -> Workload:
     return minilm.build()
 
 
+def _timeseries() -> Workload:
+    from fulcrum.workloads import timeseries
+
+    return timeseries.build()
+
+
+def _resnet18() -> Workload:
+    from fulcrum.workloads import resnet18
+
+    return resnet18.build()
+
+
+def _mobilenet() -> Workload:
+    from fulcrum.workloads import mobilenet
+
+    return mobilenet.build()
+
+
 BUILTINS: dict[str, Callable[[], Workload]] = {
     "digits": _digits,
     "breast-cancer": _breast_cancer,
     "minilm": _minilm,
+    "timeseries": _timeseries,
+    "resnet18": _resnet18,
+    "mobilenet": _mobilenet,
 }
 
 
 def describe() -> dict[str, str]:
     """One line per built-in workload."""
-    from fulcrum.workloads import breast_cancer, digits, minilm
+    from fulcrum.workloads import breast_cancer, digits, minilm, mobilenet, resnet18, timeseries
 
     return {
         "digits": digits.DESCRIPTION,
         "breast-cancer": breast_cancer.DESCRIPTION,
         "minilm": minilm.DESCRIPTION,
+        "timeseries": timeseries.DESCRIPTION,
+        "resnet18": resnet18.DESCRIPTION,
+        "mobilenet": mobilenet.DESCRIPTION,
     }
 
 

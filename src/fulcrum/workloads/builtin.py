@@ -62,14 +62,19 @@ def trained(
     epochs: int,
     lr: float,
     seed: int = 0,
+    shared: tuple[ModuleType, ...] = (),
 ) -> tuple[nn.Module, Path]:
     """The baseline of a built-in: loaded from the cache, or trained deterministically and cached.
 
-    The cache key hashes the defining module's source (model, data, recipe), the training loop
-    and the torch version, so editing the definition retrains it.
+    The cache key hashes the defining module's source (model, data, recipe), the ``shared``
+    modules it builds on (data and augmentation common to several built-ins), the training loop
+    and the torch version, so editing any of them retrains it.
     """
     key = definition_key(
-        inspect.getsource(definition), inspect.getsource(train_module), f"{epochs}/{lr}/{seed}"
+        inspect.getsource(definition),
+        *(inspect.getsource(m) for m in shared),
+        inspect.getsource(train_module),
+        f"{epochs}/{lr}/{seed}",
     )
     path = cache_dir() / f"{name}-{key}.safetensors"
     if path.is_file():
