@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from fulcrum.errors import WorkloadError, suggest
 from fulcrum.workloads.base import Workload, cache_dir
@@ -11,64 +13,35 @@ from fulcrum.workloads.base import Workload, cache_dir
 __all__ = ["BUILTINS", "Workload", "cache_dir", "describe", "load", "source_of"]
 
 
-def _digits() -> Workload:
-    from fulcrum.workloads import digits
-
-    return digits.build()
-
-
-def _breast_cancer() -> Workload:
-    from fulcrum.workloads import breast_cancer
-
-    return breast_cancer.build()
-
-
-def _minilm() -> Workload:
-    from fulcrum.workloads import minilm
-
-    return minilm.build()
-
-
-def _timeseries() -> Workload:
-    from fulcrum.workloads import timeseries
-
-    return timeseries.build()
-
-
-def _resnet18() -> Workload:
-    from fulcrum.workloads import resnet18
-
-    return resnet18.build()
-
-
-def _mobilenet() -> Workload:
-    from fulcrum.workloads import mobilenet
-
-    return mobilenet.build()
-
-
-BUILTINS: dict[str, Callable[[], Workload]] = {
-    "digits": _digits,
-    "breast-cancer": _breast_cancer,
-    "minilm": _minilm,
-    "timeseries": _timeseries,
-    "resnet18": _resnet18,
-    "mobilenet": _mobilenet,
+# built-in name -> the module under fulcrum.workloads that defines it (imported when used)
+MODULES = {
+    "digits": "digits",
+    "breast-cancer": "breast_cancer",
+    "minilm": "minilm",
+    "timeseries": "timeseries",
+    "resnet18": "resnet18",
+    "mobilenet": "mobilenet",
 }
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"fulcrum.workloads.{MODULES[name]}")
+
+
+def _builder(name: str) -> Callable[[], Workload]:
+    def build() -> Workload:
+        workload: Workload = _module(name).build()
+        return workload
+
+    return build
+
+
+BUILTINS: dict[str, Callable[[], Workload]] = {name: _builder(name) for name in MODULES}
 
 
 def describe() -> dict[str, str]:
     """One line per built-in workload."""
-    from fulcrum.workloads import breast_cancer, digits, minilm, mobilenet, resnet18, timeseries
-
-    return {
-        "digits": digits.DESCRIPTION,
-        "breast-cancer": breast_cancer.DESCRIPTION,
-        "minilm": minilm.DESCRIPTION,
-        "timeseries": timeseries.DESCRIPTION,
-        "resnet18": resnet18.DESCRIPTION,
-        "mobilenet": mobilenet.DESCRIPTION,
-    }
+    return {name: str(_module(name).DESCRIPTION) for name in MODULES}
 
 
 def load(
