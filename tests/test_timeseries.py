@@ -124,7 +124,6 @@ def test_without_statsmodels_the_workload_names_the_extra(monkeypatch):
 
 
 def test_workload_is_chronological_and_judged_beside_seasonal_naive(monkeypatch):
-    pytest.importorskip("statsmodels")
     monkeypatch.setattr(timeseries, "Forecaster", functools.partial(Forecaster, **TINY))
     monkeypatch.setattr(timeseries, "EPOCHS", 1)
     workload = load("timeseries")
