@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import platform
 import tempfile
 from collections.abc import Callable, Sequence
@@ -25,10 +26,12 @@ import torch
 from torch import nn
 
 from fulcrum import runtimes
-from fulcrum.errors import ConfigError
+from fulcrum.errors import ConfigError, first_line
 from fulcrum.memory import rss_peak_increase, torch_peak_activation_bytes
 from fulcrum.runtimes import OnnxModel
 from fulcrum.timing import Latency, bind, summarize, time_interleaved, torch_call
+
+log = logging.getLogger(__name__)
 
 FLOP_CONVENTION = "FLOPs = 2 x MACs"
 
@@ -305,10 +308,60 @@ def _count(
     return total_macs, by_op, layers
 
 
-def _dims(shape: Any) -> list[int] | None:
-    if not all(d.HasField("dim_value") for d in shape.dim):
+def _dims(tensor_type: Any) -> list[int] | None:
+    """A tensor's static shape, or None where shape inference left it (or its rank) unknown."""
+    if not tensor_type.HasField("shape"):
         return None
-    return [int(d.dim_value) for d in shape.dim]
+    if not all(d.HasField("dim_value") for d in tensor_type.shape.dim):
+        return None
+    return [int(d.dim_value) for d in tensor_type.shape.dim]
+
+
+_COMPUTE_OPS = (
+    "Conv",
+    "ConvInteger",
+    "QLinearConv",
+    "Gemm",
+    "MatMul",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "FusedMatMul",
+    "ConvTranspose",
+)
+
+
+def _shapes_by_running(
+    proto: Any, names: Sequence[str], input_shapes: Sequence[Sequence[int]]
+) -> dict[str, list[int] | None]:
+    """Shapes of the tensors ``names``, read by running the graph once on zeros."""
+    import onnx
+    from onnx import helper
+
+    from fulcrum.runtimes import ort_session
+
+    probe = copy.deepcopy(proto)
+    del probe.graph.value_info[:]
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    init_names = {i.name for i in probe.graph.initializer}
+    feed = {
+        value.name: np.zeros(
+            shape, dtype=helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        )
+        for value, shape in zip(
+            [i for i in probe.graph.input if i.name not in init_names], input_shapes, strict=False
+        )
+    }
+    try:
+        session = ort_session(probe.SerializeToString(), 1)
+        outputs = session.run(list(names), feed)
+    except Exception as exc:  # the MACs of those nodes stay unknown (0), as before
+        log.warning(
+            "MACs of some nodes are unknown: the graph could not be run to read its shapes (%s)",
+            first_line(exc),
+        )
+        return {}
+    return {n: list(np.shape(v)) for n, v in zip(names, outputs, strict=True)}
 
 
 def onnx_compute(
@@ -328,9 +381,18 @@ def onnx_compute(
     proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     shape_of: dict[str, list[int] | None] = {}
     for v in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
-        shape_of[v.name] = _dims(v.type.tensor_type.shape)
+        shape_of[v.name] = _dims(v.type.tensor_type)
     for init in proto.graph.initializer:
         shape_of[init.name] = list(init.dims)
+    unknown = [
+        name
+        for node in proto.graph.node
+        if node.op_type in _COMPUTE_OPS
+        for name in (*node.input[:2], *node.output[:1])
+        if name and shape_of.get(name) is None
+    ]
+    if unknown:  # ops ONNX cannot infer (say ai.onnx.ml's Scaler): run once and read the shapes
+        shape_of |= _shapes_by_running(proto, sorted(set(unknown)), input_shapes)
     weight_types = {1, 2, 3, 10, 11, 16}  # float, uint8, int8, float16, double, bfloat16
     params_of = {
         i.name: int(np.prod(i.dims)) for i in proto.graph.initializer if i.data_type in weight_types

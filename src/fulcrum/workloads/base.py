@@ -88,22 +88,28 @@ def definition_key(*parts: str) -> str:
 def to_loader(
     split: Any, name: str, *, batch_size: int = 64, shuffle: bool = False, seed: int = 0
 ) -> DataLoader:
-    """A DataLoader from a DataLoader, a Dataset, or an ``(inputs, targets)`` pair of arrays."""
+    """A DataLoader from a DataLoader, a Dataset, or an ``(inputs, targets)`` pair of arrays.
+
+    ``inputs`` may be a tuple of arrays, one per input of a model that takes several; batches
+    are then ``((x1, x2, ...), targets)``.
+    """
     if isinstance(split, DataLoader):
         loader = split
     else:
         if isinstance(split, Dataset):
             dataset = split
         elif isinstance(split, tuple | list) and len(split) == 2:
-            x, y = (
-                torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-                for v in split
+            xs = split[0] if isinstance(split[0], tuple) else (split[0],)
+            x_tensors = tuple(_tensor(x) for x in xs)
+            y = _tensor(split[1])
+            for x in x_tensors:
+                if len(x) != len(y):
+                    raise DataError(
+                        f"data split {name!r} has {len(x)} inputs but {len(y)} targets; give one target per input."
+                    )
+            dataset = (
+                TensorDataset(x_tensors[0], y) if len(xs) == 1 else SeveralInputs(x_tensors, y)
             )
-            if len(x) != len(y):
-                raise DataError(
-                    f"data split {name!r} has {len(x)} inputs but {len(y)} targets; give one target per input."
-                )
-            dataset = TensorDataset(x, y)
         else:
             raise DataError(
                 f"data split {name!r} is a {type(split).__name__}; give a DataLoader, a Dataset or an (inputs, targets) pair."
@@ -123,6 +129,23 @@ def to_loader(
             f"data split {name!r} has zero samples; give it at least one (inputs, target) pair."
         )
     return loader
+
+
+def _tensor(values: Any) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+
+
+class SeveralInputs(Dataset):
+    """Samples ``((x1[i], x2[i], ...), y[i])`` of a model with several inputs."""
+
+    def __init__(self, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor) -> None:
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        return tuple(x[index] for x in self.inputs), self.targets[index]
 
 
 def first_inputs(loader: Iterable[Any], name: str) -> tuple[torch.Tensor, ...]:

@@ -13,6 +13,9 @@ A TOML workload::
 Each split may be a DataLoader, a Dataset or an ``(inputs, targets)`` pair. Instead of ``model``,
 ``onnx = "model.onnx"`` evaluates an ONNX file; ``data`` may then also be an ``.npz`` file with
 arrays ``x_val``, ``y_val`` (and optionally ``x_train``, ``y_train``, ``x_calib``, ``y_calib``).
+An ONNX model with several inputs takes one array per input, ``x_val_<input name>``; a ``data``
+callable gives ``((x1, x2), y)`` pairs, in the order ``inputs = ["x1", "x2"]`` names. Of several
+outputs, ``output = "probabilities"`` names the one judged (else the first float tensor).
 """
 
 from __future__ import annotations
@@ -138,18 +141,21 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
             raise ConfigError(f"{path.name}: {key} must be a positive whole number; got {value!r}.")
     if "text" in spec:
         return _load_text(spec, path, name, allow_pickle)
-    splits = _load_data(spec["data"], path)
+    onnx_model = _onnx_model(spec, path) if "onnx" in spec else None
+    if onnx_model is None and "inputs" in spec:
+        raise ConfigError(
+            f"{path.name}: 'inputs' names the inputs of an ONNX model (or a text model); "
+            "a PyTorch model takes its inputs in the order the data gives them."
+        )
+    splits = _load_data(
+        spec["data"],
+        path,
+        onnx_model.input_names if onnx_model else None,
+        spec.get("inputs"),
+    )
     model: nn.Module | OnnxModel
-    if "onnx" in spec:
-        model = OnnxModel(check_onnx(path.parent / spec["onnx"]), output=spec.get("output"))
-        if "output" not in spec:
-            log.info(
-                "%s: judging output %r of %s (the first float tensor output); choose another "
-                "with output = '...'",
-                path.name,
-                model.chosen_output,
-                model.name,
-            )
+    if onnx_model is not None:
+        model = onnx_model
     elif "transformers" in spec:
         raise ConfigError(
             f"{path.name}: a transformers model folder needs its text: add text = 'sentences.txt'."
@@ -298,16 +304,57 @@ def _load_text(spec: dict[str, Any], path: Path, name: str, allow_pickle: bool) 
     )
 
 
-def _load_data(ref: str, where: Path) -> dict[str, Any]:
+def _onnx_model(spec: dict[str, Any], path: Path) -> OnnxModel:
+    """The ONNX model a TOML file names, its judged output and input order checked."""
+    model = OnnxModel(check_onnx(path.parent / spec["onnx"]), output=spec.get("output"))
+    if "output" not in spec:
+        log.info(
+            "%s: judging output %r of %s (the first float tensor output); choose another "
+            "with output = '...'",
+            path.name,
+            model.chosen_output,
+            model.name,
+        )
+    names = spec.get("inputs")
+    if names is not None and (
+        sorted(map(str, names)) != sorted(model.input_names) or len(set(names)) != len(names)
+    ):
+        raise ConfigError(
+            f"{path.name}: inputs {names} must name each input of {model.name} once, in the "
+            f"order the data gives them; its inputs are {', '.join(model.input_names)}."
+        )
+    return model
+
+
+def _load_data(
+    ref: str,
+    where: Path,
+    model_inputs: Sequence[str] | None = None,
+    order: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The splits named by entry ``data``, as DataLoaders.
+
+    For an ONNX model with several inputs, a ``.npz`` file holds one array per input and split,
+    ``x_<split>_<input name>``; a callable gives ``((x1, x2, ...), targets)`` pairs, in the
+    order of the TOML's ``inputs`` (else the model's). Either way, batches reach the model in
+    the order of its inputs.
+    """
+    several = model_inputs is not None and len(model_inputs) > 1
     if isinstance(ref, str) and ref.endswith(".npz"):
         arrays = np.load(where.parent / ref)
-        raw: Mapping[str, Any] = {
-            s: (arrays[f"x_{s}"], arrays[f"y_{s}"])
-            for s in SPLITS
-            if f"x_{s}" in arrays and f"y_{s}" in arrays
-        }
+        raw: Mapping[str, Any] = (
+            _npz_several(arrays, ref, list(model_inputs or ()))
+            if several
+            else {
+                s: (arrays[f"x_{s}"], arrays[f"y_{s}"])
+                for s in SPLITS
+                if f"x_{s}" in arrays and f"y_{s}" in arrays
+            }
+        )
     else:
         raw = resolve(ref, "data", where)()
+        if several and order is not None and isinstance(raw, Mapping):
+            raw = {s: _in_model_order(v, order, model_inputs or ()) for s, v in raw.items()}
     unknown = [k for k in raw if k not in SPLITS] if isinstance(raw, Mapping) else []
     if unknown:
         raise ConfigError(
@@ -323,6 +370,30 @@ def _load_data(ref: str, where: Path) -> dict[str, Any]:
     return {
         s: to_loader(raw[s], s, shuffle=(s == "train")) for s in SPLITS if raw.get(s) is not None
     }
+
+
+def _npz_several(arrays: Any, ref: str, names: list[str]) -> dict[str, Any]:
+    raw = {}
+    for split in SPLITS:
+        keys = [f"x_{split}_{n}" for n in names]
+        if f"y_{split}" not in arrays or not any(k in arrays for k in keys):
+            continue
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise ConfigError(
+                f"{ref} has no array {missing[0]!r}; a model with inputs {', '.join(names)} needs "
+                f"one array per input: {', '.join(keys)}."
+            )
+        raw[split] = (tuple(arrays[k] for k in keys), arrays[f"y_{split}"])
+    return raw
+
+
+def _in_model_order(split: Any, order: Sequence[str], names: Sequence[str]) -> Any:
+    """An ``((inputs in data order), targets)`` pair with its inputs in the model's order."""
+    if isinstance(split, tuple | list) and len(split) == 2 and isinstance(split[0], tuple):
+        given = dict(zip(order, split[0], strict=False))
+        return tuple(given[n] for n in names), split[1]
+    return split
 
 
 def check_onnx(path: Path) -> Path:
