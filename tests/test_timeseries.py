@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 
@@ -115,6 +116,24 @@ def test_forecaster_gives_the_horizon_and_exports_to_onnx():
     assert out.shape == (5, 4)
     exported = OnnxModel(onnx_bytes(Candidate(model=model), (x[:1],)), threads=1)(x)
     assert torch.allclose(exported, out, atol=1e-4)
+
+
+def test_pruning_keeps_the_fused_qkv_projection_whole_heads():
+    from fulcrum.techniques import get
+    from fulcrum.techniques.prune import PruneConfig
+    from fulcrum.testing import tiny_context
+
+    torch.manual_seed(0)
+    model = Forecaster(window=16, horizon=4, d_model=32, heads=4, layers=1, ffn=32).eval()
+    ctx = dataclasses.replace(tiny_context("mlp", model), example_inputs=(torch.randn(1, 16),))
+    pruned = (
+        get("prune").apply(PruneConfig(ratio=0.3, round_to=1), Candidate(model=model), ctx).model
+    )
+    layer = pruned.encoder[0]
+    assert layer.qkv.out_features < 3 * 32  # head dimensions were removed ...
+    assert layer.qkv.out_features % (3 * layer.heads) == 0  # ... alike in q, k, v and each head
+    with torch.no_grad():
+        assert pruned(torch.randn(3, 16)).shape == (3, 4)
 
 
 def test_without_statsmodels_the_workload_names_the_extra(monkeypatch):

@@ -16,6 +16,7 @@ COMMANDS = (
     "workloads",
     "profile",
     "evaluate",
+    "sensitivity",
     "techniques",
     "compress",
     "search",

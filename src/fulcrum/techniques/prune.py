@@ -81,7 +81,9 @@ def _importance(config: PruneConfig) -> Any:
 
 
 def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """Query/key/value projections of attention blocks (Hugging Face style) and their head count."""
+    """Query/key/value projections of attention blocks and their head count: Hugging Face's
+    ``query``/``key``/``value`` with ``num_attention_heads``, or a fused ``qkv`` Linear beside a
+    ``num_heads`` or ``heads`` count (timm's and most hand-written encoders)."""
     heads: dict[nn.Module, int] = {}
     for module in model.modules():
         count = getattr(module, "num_attention_heads", None)
@@ -90,6 +92,10 @@ def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
                 layer = getattr(module, part, None)
                 if isinstance(layer, nn.Linear):
                     heads[layer] = count
+        fused = getattr(module, "qkv", None)
+        count = getattr(module, "num_heads", getattr(module, "heads", None))
+        if isinstance(fused, nn.Linear) and isinstance(count, int) and not isinstance(count, bool):
+            heads[fused] = count
     return heads
 
 

@@ -1,0 +1,393 @@
+"""Per-layer sensitivity: what pruning or quantizing each layer alone costs, and what it runs for.
+
+Three cheap measurements, without any fine-tuning, on a subset of the validation split:
+
+- **prune**: for each prunable layer (a Conv or Linear layer other than the classifier head), the
+  main metric after removing ``ratio`` of that layer's output channels alone, at several ratios
+  (Torch-Pruning slices the coupled layers with it, as ``prune`` does);
+- **quantize**: the metric of the int8-static model with only that layer left in float, beside
+  the metric with every layer in int8 — a large gain marks a layer int8 hurts;
+- **latency**: each layer's share of ONNX Runtime's per-node time at batch 1 (its profiler), and
+  its share of the model's MACs.
+
+``allocate`` turns the pruning curves and costs into per-layer ratios: spend the pruning on
+layers that are costly and insensitive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fulcrum.errors import ConfigError, FulcrumError, first_line
+from fulcrum.workloads.base import Workload
+
+log = logging.getLogger(__name__)
+
+RATIOS = (0.25, 0.5, 0.75)
+# the pruning ratio whose drop ranks layers, and the least drop counted (a layer that loses
+# nothing is not free: its channels still carry what later fine-tuning builds on)
+RANKING_RATIO = 0.5
+FLOOR_DROP = 0.002
+MAX_LAYER_RATIO = 0.9
+
+
+@dataclass
+class LayerSensitivity:
+    name: str
+    kind: str
+    params: int
+    macs: int
+    mac_share: float
+    channels: int = 0  # output channels (features) a pruning ratio applies to
+    prune: dict[str, float] = field(default_factory=dict)  # ratio (as text) -> metric
+    prune_error: str | None = None
+    float_metric: float | None = None  # int8 everywhere except this layer
+    latency_share: float | None = None
+
+
+@dataclass
+class Sensitivity:
+    workload: str
+    metric: str
+    baseline: float
+    samples: int
+    ratios: list[float]
+    int8_metric: float | None
+    layers: list[LayerSensitivity]
+    latency_other: float | None  # the share of time in nodes of no listed layer
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sensitivity:
+        layers = [LayerSensitivity(**layer) for layer in data["layers"]]
+        return cls(**{**data, "layers": layers})
+
+    def drop(self, layer: LayerSensitivity, ratio: float) -> float | None:
+        """The metric lost by pruning ``layer`` alone at ``ratio``, interpolated between ratios."""
+        if not layer.prune:
+            return None
+        points = sorted((float(r), self.baseline - m) for r, m in layer.prune.items())
+        points = [(0.0, 0.0), *points]
+        for (r0, d0), (r1, d1) in itertools.pairwise(points):
+            if r0 <= ratio <= r1:
+                return d0 + (d1 - d0) * (ratio - r0) / (r1 - r0)
+        return points[-1][1]
+
+    def cost(self, layer: LayerSensitivity) -> float:
+        """What a layer costs: its share of measured latency, else its share of MACs."""
+        return layer.latency_share if layer.latency_share is not None else layer.mac_share
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Conv and Linear layers, the classifier head (the last of them) left out."""
+    from fulcrum.techniques.base import head_name
+
+    head = head_name(model)
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear) and name != head
+    ]
+
+
+def subset(workload: Workload, samples: int) -> Workload:
+    """The workload judged on the first ``samples`` validation samples."""
+    from torch.utils.data import DataLoader, Subset
+
+    loader = workload.val
+    if loader is None:
+        raise ConfigError(
+            f"workload {workload.name!r} has no validation data; sensitivity needs some."
+        )
+    try:
+        size = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return workload
+    if size <= samples:
+        return workload
+    part = DataLoader(
+        Subset(loader.dataset, range(samples)),
+        batch_size=loader.batch_size,
+        collate_fn=loader.collate_fn,
+    )
+    return replace(workload, val=part)
+
+
+def analyse(
+    workload: Workload,
+    *,
+    ratios: Sequence[float] = RATIOS,
+    samples: int = 512,
+    prune: bool = True,
+    quantize: bool = True,
+    latency: bool = True,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Sensitivity:
+    """Measure every layer's sensitivity to pruning and to int8, and its share of the cost."""
+    from fulcrum import measure
+    from fulcrum.compression import compress, deployed, output_of
+    from fulcrum.evaluation import evaluate_workload
+    from fulcrum.metrics import MAIN_METRIC
+    from fulcrum.runtimes import OnnxModel, default_threads
+
+    say = progress or (lambda _m: None)
+    threads = threads or default_threads()
+    start = time.perf_counter()
+    small = subset(workload, samples)
+    main = MAIN_METRIC[workload.task]
+    output = output_of(workload)
+
+    def metric(model: Any) -> float:
+        return float(evaluate_workload(small, model, threads=threads).metrics[main] or 0.0)
+
+    baseline = metric(workload.model)
+    model = workload.model
+    if isinstance(model, nn.Module):
+        total_macs, _, rows = measure.torch_compute(model, workload.example_inputs)
+        macs_of = {row.name: row.macs for row in rows}
+        layers = [
+            LayerSensitivity(
+                name=name,
+                kind=type(module).__name__,
+                params=sum(p.numel() for p in module.parameters()),
+                macs=int(macs_of.get(name, 0)),
+                mac_share=round(macs_of.get(name, 0) / total_macs, 6) if total_macs else 0.0,
+                channels=int(
+                    getattr(module, "out_channels", 0) or getattr(module, "out_features", 0)
+                ),
+            )
+            for name, module in prunable_layers(model)
+        ]
+    else:  # an ONNX workload: its Conv / MatMul / Gemm nodes, quantization only
+        prune = False
+        graph = model.proto()
+        total_macs, _, rows = measure.onnx_compute(
+            graph, [list(t.shape) for t in workload.example_inputs]
+        )
+        layers = [
+            LayerSensitivity(
+                name=row.name,
+                kind=row.kind,
+                params=row.params,
+                macs=row.macs,
+                mac_share=round(row.macs / total_macs, 6) if total_macs else 0.0,
+            )
+            for row in rows
+            if row.kind in ("Conv", "MatMul", "Gemm")
+        ]
+    if prune:
+        for i, layer in enumerate(layers):
+            say(f"pruning {layer.name} alone ({i + 1}/{len(layers)})")
+            for ratio in ratios:
+                recipe = f"prune:ratio=0.0,layer_ratios={layer.name}:{ratio}"
+                try:
+                    candidate = compress(model, recipe, workload, threads=threads)
+                except FulcrumError as exc:
+                    layer.prune_error = first_line(exc, 200)
+                    break
+                layer.prune[str(ratio)] = round(metric(candidate.model), 6)
+    int8_metric = None
+    if quantize:
+        say("quantizing every layer to int8")
+        try:
+            all_int8 = compress(model, "quantize:int8-static", workload, threads=threads)
+        except FulcrumError as exc:
+            log.warning("sensitivity: int8-static does not apply (%s)", first_line(exc))
+        else:
+            int8_metric = round(metric(deployed(all_int8, threads, output)), 6)
+            for i, layer in enumerate(layers):
+                say(f"int8 with {layer.name} left in float ({i + 1}/{len(layers)})")
+                recipe = f"quantize:int8-static,skip={layer.name}"
+                try:
+                    candidate = compress(model, recipe, workload, threads=threads)
+                except FulcrumError as exc:
+                    log.info("sensitivity: %s: %s", recipe, first_line(exc))
+                    continue
+                layer.float_metric = round(metric(deployed(candidate, threads, output)), 6)
+    other = None
+    if latency:
+        say("timing every node with ONNX Runtime's profiler")
+        graph_bytes = (
+            model.proto().SerializeToString()
+            if isinstance(model, OnnxModel)
+            else _float_graph(model, workload)
+        )
+        shares, other = latency_shares(
+            graph_bytes, workload.example_inputs, [la.name for la in layers], threads
+        )
+        for layer in layers:
+            layer.latency_share = shares.get(layer.name)
+    return Sensitivity(
+        workload=workload.name,
+        metric=main,
+        baseline=round(baseline, 6),
+        samples=_count(small),
+        ratios=[float(r) for r in ratios] if prune else [],
+        int8_metric=int8_metric,
+        layers=layers,
+        latency_other=other,
+        seconds=round(time.perf_counter() - start, 1),
+    )
+
+
+def _float_graph(model: nn.Module, workload: Workload) -> bytes:
+    from fulcrum.compression import onnx_bytes
+    from fulcrum.techniques import Candidate
+
+    return onnx_bytes(Candidate.of(model), workload.example_inputs)
+
+
+def _count(workload: Workload) -> int:
+    try:
+        return len(workload.val.dataset)  # type: ignore[union-attr, arg-type]
+    except TypeError:
+        return 0
+
+
+def latency_shares(
+    graph: bytes,
+    example_inputs: Sequence[torch.Tensor],
+    layers: Sequence[str],
+    threads: int,
+    runs: int = 50,
+) -> tuple[dict[str, float], float]:
+    """Each layer's share of ONNX Runtime's node time at batch 1, and the share of no layer.
+
+    The profiled session fuses nodes at ONNX Runtime's *extended* level: a fused node (a Conv
+    with its ReLU) keeps the name of the node it grew from, which names its layer. (The full
+    level's NCHWc layout pass renames the nodes it rewrites, so their layers could not be told.)
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from fulcrum.runtimes import with_batch
+    from fulcrum.techniques.quantize import _skipped_nodes
+
+    proto = onnx.load_from_string(graph)
+    owner: dict[str, str] = {}
+    for name in layers:
+        try:
+            for node in _skipped_nodes(proto, [name]):
+                owner.setdefault(node, name)
+        except ConfigError:
+            continue
+    with tempfile.TemporaryDirectory(prefix="fulcrum-profile-") as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        feed = {
+            n: t.detach().cpu().numpy()
+            for n, t in zip(names, with_batch(tuple(example_inputs), 1), strict=True)
+        }
+        for _ in range(5 + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    by_node: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            node = event["name"][: -len("_kernel_time")].removeprefix("fused ")
+            by_node[node] = by_node.get(node, 0.0) + float(event.get("dur", 0))
+    total = sum(by_node.values())
+    if not total:
+        return {}, 1.0
+    shares: dict[str, float] = {}
+    for node, micros in by_node.items():
+        layer = owner.get(node)
+        if layer is not None:
+            shares[layer] = shares.get(layer, 0.0) + micros / total
+    other = 1.0 - sum(shares.values())
+    return {k: round(v, 6) for k, v in shares.items()}, round(max(other, 0.0), 6)
+
+
+def allocate(
+    sensitivity: Sensitivity,
+    ratio: float,
+    strength: float,
+    cap: float = MAX_LAYER_RATIO,
+    round_to: int = 8,
+) -> dict[str, float]:
+    """Per-layer pruning ratios averaging ``ratio`` (weighted by cost), steered by sensitivity.
+
+    Each layer's weight is ``(cost / drop) ** strength``: its share of latency (or MACs) over
+    the metric it lost when pruned alone at half its channels (at least 0.2 pt). Ratios are
+    proportional to the weights, scaled so that their cost-weighted mean is ``ratio`` — the
+    same amount of work removed as a uniform ``ratio`` — and capped at ``cap``, and below the
+    ratio that would leave a layer fewer than ``round_to`` channels (which prune would refuse
+    to cut), the excess spread over the layers below their cap. ``strength`` 0 is the uniform
+    ratio.
+    """
+    layers = [la for la in sensitivity.layers if la.prune and sensitivity.cost(la) > 0]
+    if not layers or strength == 0 or ratio == 0:
+        return {la.name: ratio for la in layers}
+    caps = {
+        la.name: min(cap, 1 - round_to / la.channels) if la.channels > round_to else cap
+        for la in layers
+    }
+    costs = {la.name: sensitivity.cost(la) for la in layers}
+    weights = {}
+    for la in layers:
+        drop = max(sensitivity.drop(la, RANKING_RATIO) or 0.0, FLOOR_DROP)
+        weights[la.name] = (costs[la.name] / drop) ** strength
+    mean = sum(costs[n] * weights[n] for n in weights) / sum(costs.values())
+    ratios = {n: ratio * w / mean for n, w in weights.items()}
+    target = ratio * sum(costs.values())
+    for _ in range(len(ratios)):  # cap, then spread what the capped layers could not take
+        capped = {n for n, r in ratios.items() if r >= caps[n]}
+        for n in capped:
+            ratios[n] = caps[n]
+        free = [n for n in ratios if n not in capped]
+        left = target - sum(costs[n] * ratios[n] for n in ratios)
+        spread = sum(costs[n] * ratios[n] for n in free)
+        if abs(left) < 1e-9 or not free or spread <= 0:
+            break
+        for n in free:
+            ratios[n] *= 1 + left / spread
+    return {n: round(max(min(r, caps[n]), 0.0), 3) for n, r in ratios.items()}
+
+
+def layer_ratios(sensitivity: Sensitivity, ratio: float, strength: float) -> tuple[str, ...]:
+    """``allocate``'s ratios as prune's ``layer_ratios`` entries ("features.0:0.35")."""
+    ratios = allocate(sensitivity, ratio, strength)
+    return tuple(f"{name}:{value:g}" for name, value in ratios.items() if math.isfinite(value))
+
+
+def cached(
+    workload: Workload,
+    folder: Path,
+    *,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> Sensitivity:
+    """``analyse``'s result kept in ``folder/sensitivity.json`` and reused when it is there."""
+    path = folder / "sensitivity.json"
+    if path.is_file():
+        with_data = json.loads(path.read_text())
+        if with_data.get("workload") == workload.name:
+            return Sensitivity.from_dict(with_data)
+    result = analyse(workload, threads=threads, progress=progress, **kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
