@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from fulcrum import distributed
 from fulcrum.workloads import Workload
 
 
@@ -59,6 +60,8 @@ def compress_run(
     steps = recipe_from(recipe) if isinstance(recipe, str) else tuple(recipe)
     candidate = compress(model, steps, workload, seed=seed, threads=threads, progress=say)
     compress_seconds = time.perf_counter() - start
+    if distributed.rank() > 0:  # a torchrun peer has trained its share; rank 0 measures, writes
+        return {}
     say("evaluating the candidate on its runtime")
     runner = deployed(candidate, threads, output)
     cand_eval = evaluate_workload(workload, runner, threads=threads)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from fulcrum import distributed
 from fulcrum.errors import ConfigError
 from fulcrum.runtimes import as_inputs, keeps_caller_state, output_tensor
 
@@ -235,6 +236,9 @@ def fit(
     optimizer = torch.optim.AdamW(
         [*model.parameters(), *projections.parameters()], lr=lr, weight_decay=weight_decay
     )
+    # under torchrun: each process computes on its slice of every batch, DDP averages gradients
+    size, index = distributed.world_size(), distributed.rank()
+    trained = distributed.wrap(model)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=epochs * max(len(fit_loader), 1), pct_start=0.15
     )
@@ -251,13 +255,23 @@ def fit(
                 inputs = as_inputs(x)
                 if transform is not None:
                     inputs = (transform(inputs[0]), *inputs[1:])
+                if size > 1:
+                    *parts, y = distributed.shard((*inputs, y), size, index)
+                    inputs = tuple(parts)
                 optimizer.zero_grad(set_to_none=True)
-                out = output_tensor(model(*inputs))
+                if (
+                    unlabelled and size > 1
+                ):  # DDP takes one forward per backward: both views at once
+                    both = output_tensor(trained(*(torch.cat([t, t]) for t in inputs)))
+                    out, second = both.chunk(2)
+                else:
+                    out = output_tensor(trained(*inputs))
+                    second = output_tensor(trained(*inputs)) if unlabelled else out
                 loss = torch.zeros(())
                 if hard is not None:
                     loss = loss + (1.0 - alpha) * hard(out, y)
                 if unlabelled:
-                    loss = loss + contrastive_loss(out, output_tensor(model(*inputs)))
+                    loss = loss + contrastive_loss(out, second)
                 if teacher is not None and (alpha > 0 or hidden is not None):
                     with torch.no_grad():
                         target = output_tensor(teacher(*inputs))
@@ -269,6 +283,7 @@ def fit(
                             for project, (s, t) in zip(projections, pairs, strict=True)
                         ) / max(len(pairs), 1)
                 loss.backward()
+                distributed.average_gradients(list(projections.parameters()))
                 optimizer.step()
                 schedule.step()
             if held is not None and patience:

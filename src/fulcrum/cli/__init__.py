@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or an argument error (printed already)
         return int(exc.code or 0)
     try:
+        _join_torchrun(args.command)
         return int(args.run(args))
     except FulcrumError as exc:
         print(f"fulcrum {args.command}: error: {exc}", file=sys.stderr)
@@ -101,3 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BUG
+
+
+def _join_torchrun(command: str) -> None:
+    """Under torchrun, join its process group; only ``compress`` trains across processes."""
+    from fulcrum import distributed
+    from fulcrum.errors import ConfigError
+
+    if not distributed.launched():
+        return
+    if command != "compress":
+        raise ConfigError(
+            f"fulcrum {command} runs in one process; only fulcrum compress trains under torchrun "
+            "(a search scales out with --workers and --storage instead)."
+        )
+    distributed.init_from_env()

@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fulcrum import workloads
+    from fulcrum import distributed, workloads
     from fulcrum.compression import recipe_from, timestamp
 
     console = Console(stderr=True)
@@ -48,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
     workload = workloads.load(
         args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
     )
+    peer = distributed.rank() > 0  # under torchrun, a process other than rank 0: trains only
     out = args.out or Path("runs") / f"{workload.name}-{timestamp()}"
-    check_writable(out, "--out", folder=True)
-    check_run_folder(out, "compress")
+    if not peer:
+        check_writable(out, "--out", folder=True)
+        check_run_folder(out, "compress")
     from fulcrum.runs import compress_run
 
     result = compress_run(
@@ -60,9 +62,11 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         batch_sizes=args.batch_sizes,
         seconds=args.seconds,
-        progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+        progress=(lambda _m: None) if peer else (lambda m: console.print(f"[dim]{m}[/dim]")),
         out=out,
     )
+    if peer:
+        return 0
     render(result)
     from fulcrum.report import write_report
 
