@@ -21,6 +21,7 @@ MODULES = {
     "timeseries": "timeseries",
     "resnet18": "resnet18",
     "mobilenet": "mobilenet",
+    "keywords": "keywords",
 }
 
 

@@ -63,20 +63,23 @@ def trained(
     lr: float,
     seed: int = 0,
     shared: tuple[ModuleType, ...] = (),
+    key: tuple[str, ...] = (),
 ) -> tuple[nn.Module, Path]:
     """The baseline of a built-in: loaded from the cache, or trained deterministically and cached.
 
     The cache key hashes the defining module's source (model, data, recipe), the ``shared``
-    modules it builds on (data and augmentation common to several built-ins), the training loop
-    and the torch version, so editing any of them retrains it.
+    modules it builds on (data and augmentation common to several built-ins), the training loop,
+    the torch version and ``key``: whatever else made the data (say, the version of the program
+    that generated it), so changing any of them retrains it.
     """
-    key = definition_key(
+    digest = definition_key(
         inspect.getsource(definition),
         *(inspect.getsource(m) for m in shared),
         inspect.getsource(train_module),
         f"{epochs}/{lr}/{seed}",
+        *key,
     )
-    path = cache_dir() / f"{name}-{key}.safetensors"
+    path = cache_dir() / f"{name}-{digest}.safetensors"
     if path.is_file():
         return load_into(build(), path), path
     log.info("training the %s baseline (first use; cached in %s)", name, path.parent)
