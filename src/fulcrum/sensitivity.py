@@ -10,8 +10,9 @@ Three cheap measurements, without any fine-tuning, on a subset of the validation
 - **latency**: each layer's share of ONNX Runtime's per-node time at batch 1 (its profiler), and
   its share of the model's MACs.
 
-``allocate`` turns the pruning curves and costs into per-layer ratios: spend the pruning on
-layers that are costly and insensitive.
+``allocate`` turns the pruning curves into per-layer ratios: spend the pruning where it removes
+the most compute per point of metric lost; ``matched`` scales that to the compute a uniform
+ratio removes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -36,10 +36,6 @@ from fulcrum.workloads.base import Workload
 log = logging.getLogger(__name__)
 
 RATIOS = (0.25, 0.5, 0.75)
-# the pruning ratio whose drop ranks layers, and the least drop counted (a layer that loses
-# nothing is not free: its channels still carry what later fine-tuning builds on)
-RANKING_RATIO = 0.5
-FLOOR_DROP = 0.002
 MAX_LAYER_RATIO = 0.9
 
 
@@ -52,6 +48,7 @@ class LayerSensitivity:
     mac_share: float
     channels: int = 0  # output channels (features) a pruning ratio applies to
     prune: dict[str, float] = field(default_factory=dict)  # ratio (as text) -> metric
+    saved: dict[str, float] = field(default_factory=dict)  # ratio -> share of MACs removed
     prune_error: str | None = None
     float_metric: float | None = None  # int8 everywhere except this layer
     latency_share: float | None = None
@@ -76,21 +73,6 @@ class Sensitivity:
     def from_dict(cls, data: dict[str, Any]) -> Sensitivity:
         layers = [LayerSensitivity(**layer) for layer in data["layers"]]
         return cls(**{**data, "layers": layers})
-
-    def drop(self, layer: LayerSensitivity, ratio: float) -> float | None:
-        """The metric lost by pruning ``layer`` alone at ``ratio``, interpolated between ratios."""
-        if not layer.prune:
-            return None
-        points = sorted((float(r), self.baseline - m) for r, m in layer.prune.items())
-        points = [(0.0, 0.0), *points]
-        for (r0, d0), (r1, d1) in itertools.pairwise(points):
-            if r0 <= ratio <= r1:
-                return d0 + (d1 - d0) * (ratio - r0) / (r1 - r0)
-        return points[-1][1]
-
-    def cost(self, layer: LayerSensitivity) -> float:
-        """What a layer costs: its share of measured latency, else its share of MACs."""
-        return layer.latency_share if layer.latency_share is not None else layer.mac_share
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -202,6 +184,8 @@ def analyse(
                     layer.prune_error = first_line(exc, 200)
                     break
                 layer.prune[str(ratio)] = round(metric(candidate.model), 6)
+                after = measure.torch_compute(candidate.model, workload.example_inputs)[0]
+                layer.saved[str(ratio)] = round(1 - after / total_macs, 6) if total_macs else 0.0
     int8_metric = None
     if quantize:
         say("quantizing every layer to int8")
@@ -321,56 +305,106 @@ def latency_shares(
     return {k: round(v, 6) for k, v in shares.items()}, round(max(other, 0.0), 6)
 
 
+def _curve(points: dict[str, float], ratio: float, zero: float) -> float:
+    """A measured curve (ratio -> value) at ``ratio``: linear between the measured ratios (and
+    ``zero`` at ratio 0), extended past the last one along its last slope."""
+    known = [(0.0, zero), *sorted((float(r), v) for r, v in points.items())]
+    for (r0, v0), (r1, v1) in itertools.pairwise(known):
+        if ratio <= r1:
+            return v0 + (v1 - v0) * (ratio - r0) / (r1 - r0)
+    (r0, v0), (r1, v1) = known[-2], known[-1]
+    return v1 + (v1 - v0) * (ratio - r1) / (r1 - r0)
+
+
 def allocate(
     sensitivity: Sensitivity,
-    ratio: float,
-    strength: float,
+    saving: float,
+    strength: float = 1.0,
     cap: float = MAX_LAYER_RATIO,
     round_to: int = 8,
+    step: float = 0.05,
 ) -> dict[str, float]:
-    """Per-layer pruning ratios averaging ``ratio`` (weighted by cost), steered by sensitivity.
+    """Per-layer pruning ratios that remove about ``saving`` of the model's MACs where it hurts
+    least, from the measured curves of each layer pruned alone.
 
-    Each layer's weight is ``(cost / drop) ** strength``: its share of latency (or MACs) over
-    the metric it lost when pruned alone at half its channels (at least 0.2 pt). Ratios are
-    proportional to the weights, scaled so that their cost-weighted mean is ``ratio`` — the
-    same amount of work removed as a uniform ``ratio`` — and capped at ``cap``, and below the
-    ratio that would leave a layer fewer than ``round_to`` channels (which prune would refuse
-    to cut), the excess spread over the layers below their cap. ``strength`` 0 is the uniform
-    ratio.
+    Greedy, in steps of ``step``: the next step goes to the layer whose step removes the most
+    MACs per point of metric it costs, (MACs removed) / (metric lost + 0.001) ** ``strength``,
+    both read off that layer's curves (between the measured ratios, linearly). Savings of
+    separate layers are added, which overstates what two adjacent layers save together;
+    ``matched`` corrects for it. A layer stops at ``cap``, and before it would keep fewer than
+    ``round_to`` channels (which prune would refuse to cut).
     """
-    layers = [la for la in sensitivity.layers if la.prune and sensitivity.cost(la) > 0]
-    if not layers or strength == 0 or ratio == 0:
-        return {la.name: ratio for la in layers}
+    layers = [la for la in sensitivity.layers if la.prune and la.saved]
+    ratios = {la.name: 0.0 for la in layers}
     caps = {
         la.name: min(cap, 1 - round_to / la.channels) if la.channels > round_to else cap
         for la in layers
     }
-    costs = {la.name: sensitivity.cost(la) for la in layers}
-    weights = {}
-    for la in layers:
-        drop = max(sensitivity.drop(la, RANKING_RATIO) or 0.0, FLOOR_DROP)
-        weights[la.name] = (costs[la.name] / drop) ** strength
-    mean = sum(costs[n] * weights[n] for n in weights) / sum(costs.values())
-    ratios = {n: ratio * w / mean for n, w in weights.items()}
-    target = ratio * sum(costs.values())
-    for _ in range(len(ratios)):  # cap, then spread what the capped layers could not take
-        capped = {n for n, r in ratios.items() if r >= caps[n]}
-        for n in capped:
-            ratios[n] = caps[n]
-        free = [n for n in ratios if n not in capped]
-        left = target - sum(costs[n] * ratios[n] for n in ratios)
-        spread = sum(costs[n] * ratios[n] for n in free)
-        if abs(left) < 1e-9 or not free or spread <= 0:
+    total = 0.0
+    while total < saving:
+        best: tuple[float, str, float] | None = None
+        for la in layers:
+            now, nxt = ratios[la.name], ratios[la.name] + step
+            if nxt > caps[la.name] + 1e-9:
+                continue
+            gain = _curve(la.saved, nxt, 0.0) - _curve(la.saved, now, 0.0)
+            lost = _curve(la.prune, now, sensitivity.baseline) - _curve(
+                la.prune, nxt, sensitivity.baseline
+            )
+            value = gain / (max(lost, 0.0) + 0.001) ** strength
+            if gain > 0 and (best is None or value > best[0]):
+                best = (value, la.name, gain)
+        if best is None:
             break
-        for n in free:
-            ratios[n] *= 1 + left / spread
-    return {n: round(max(min(r, caps[n]), 0.0), 3) for n, r in ratios.items()}
+        ratios[best[1]] += step
+        total += best[2]
+    return {n: round(r, 3) for n, r in ratios.items()}
 
 
-def layer_ratios(sensitivity: Sensitivity, ratio: float, strength: float) -> tuple[str, ...]:
+def layer_ratios(sensitivity: Sensitivity, saving: float, strength: float = 1.0) -> tuple[str, ...]:
     """``allocate``'s ratios as prune's ``layer_ratios`` entries ("features.0:0.35")."""
-    ratios = allocate(sensitivity, ratio, strength)
-    return tuple(f"{name}:{value:g}" for name, value in ratios.items() if math.isfinite(value))
+    ratios = allocate(sensitivity, saving, strength)
+    return tuple(f"{name}:{value:g}" for name, value in ratios.items())
+
+
+def matched(
+    workload: Workload,
+    sensitivity: Sensitivity,
+    ratio: float,
+    strength: float,
+    *,
+    steps: int = 10,
+    threads: int | None = None,
+) -> tuple[str, ...]:
+    """``layer_ratios`` entries that remove as many MACs as ``prune:ratio`` does, steered by
+    sensitivity with ``strength``.
+
+    ``allocate`` adds the savings of layers pruned alone, which overstates what adjacent layers
+    save together; so its target is found by bisection, pruning without training and counting
+    MACs, until the pruned model's MACs match those of ``prune:ratio``.
+    """
+    from fulcrum.compression import compress
+    from fulcrum.measure import torch_compute
+
+    def macs(recipe: str) -> int:
+        model = compress(workload.model, recipe, workload, threads=threads).model
+        assert model is not None
+        return torch_compute(model, workload.example_inputs)[0]
+
+    goal = macs(f"prune:ratio={ratio}")
+    low, high = 0.0, 3.0  # savings of layers alone add up past 1 when they are pruned together
+    best: tuple[float, tuple[str, ...]] = (float("inf"), ())
+    for _ in range(steps):
+        middle = (low + high) / 2
+        entries = layer_ratios(sensitivity, middle, strength)
+        found = macs(f"prune:ratio=0.0,layer_ratios={'+'.join(entries)}")
+        if abs(found - goal) < best[0]:
+            best = (abs(found - goal), entries)
+        if found > goal:
+            low = middle
+        else:
+            high = middle
+    return best[1]
 
 
 def cached(
