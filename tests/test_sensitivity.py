@@ -94,6 +94,8 @@ def test_allocation_takes_compute_where_it_costs_no_metric(measured):
 def test_allocation_stops_each_layer_at_its_cap(measured):
     ratios = sensitivity.allocate(measured, 5.0, strength=1.0, cap=0.7)  # more than there is
     assert ratios == {"0": 0.7, "2": 0.7}
+    # nor past the largest ratio measured on it (0.75): the curves are not extrapolated
+    assert sensitivity.allocate(measured, 5.0, cap=0.95) == {"0": 0.75, "2": 0.75}
     # a layer is never cut below round_to channels, which prune would refuse to cut
     assert sensitivity.allocate(measured, 5.0, cap=0.95, round_to=32)["0"] == 0.5
 

@@ -331,13 +331,19 @@ def allocate(
     MACs per point of metric it costs, (MACs removed) / (metric lost + 0.001) ** ``strength``,
     both read off that layer's curves (between the measured ratios, linearly). Savings of
     separate layers are added, which overstates what two adjacent layers save together;
-    ``matched`` corrects for it. A layer stops at ``cap``, and before it would keep fewer than
-    ``round_to`` channels (which prune would refuse to cut).
+    ``matched`` corrects for it. A layer stops at ``cap``, at the largest ratio measured on it
+    (the curves are not extrapolated: a layer that loses little at 0.75 alone may still break
+    at 0.9 beside its pruned neighbours), and before it would keep fewer than ``round_to``
+    channels (which prune would refuse to cut).
     """
     layers = [la for la in sensitivity.layers if la.prune and la.saved]
     ratios = {la.name: 0.0 for la in layers}
-    caps = {
-        la.name: min(cap, 1 - round_to / la.channels) if la.channels > round_to else cap
+    caps = {  # never past the largest ratio measured on the layer: no guessing beyond it
+        la.name: min(
+            cap,
+            max(float(r) for r in la.prune),
+            1 - round_to / la.channels if la.channels > round_to else cap,
+        )
         for la in layers
     }
     total = 0.0
