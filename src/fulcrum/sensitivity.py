@@ -183,8 +183,9 @@ def analyse(
                 except FulcrumError as exc:
                     layer.prune_error = first_line(exc, 200)
                     break
-                layer.prune[str(ratio)] = round(metric(candidate.model), 6)
-                after = measure.torch_compute(candidate.model, workload.example_inputs)[0]
+                pruned = candidate.require_float("sensitivity")
+                layer.prune[str(ratio)] = round(metric(pruned), 6)
+                after = measure.torch_compute(pruned, workload.example_inputs)[0]
                 layer.saved[str(ratio)] = round(1 - after / total_macs, 6) if total_macs else 0.0
     int8_metric = None
     if quantize:
