@@ -6,21 +6,27 @@ step can use what came before), applies it, evaluates the result on its deployme
 times it side by side with the baseline. Latency is stored as ``ratio x baseline latency``, the
 ratio measured interleaved in one process, so that machine drift between trials cancels.
 
-The study lives in the run folder (SQLite, with heartbeats): a search killed at any moment and
+Trials run in Optuna's own loop (``study.optimize``: heartbeats, the retry of trials whose
+process died). The study lives in the run folder (SQLite): a search killed at any moment and
 started again with the same command resumes — finished trials are kept, the interrupted one is
-retried. ``workers`` processes share the study; ``storage`` accepts any Optuna storage URL so
-that many machines can share one study through a database server.
+retried; Ctrl-C stops it and its workers within seconds. ``workers`` processes share the study,
+and ``storage`` takes an Optuna database URL so that many machines share one study through a
+PostgreSQL server; ``Quota`` keeps the number of finished trials exact across all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +52,7 @@ OBJECTIVES = {
 BUDGET_KEYS = ("latency_ms", "size_mb", "size_bytes", "macs", "params")
 SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT_S, GRACE_S = 2, 8
+POLL_S = 0.5  # how often a process waiting on others looks at the study again
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -204,7 +211,7 @@ def probe_quantization(trialist: Trialist) -> dict[str, dict[str, Any]]:
     from fulcrum.techniques.quantize import MODES
 
     workload, settings = trialist.workload, trialist.settings
-    runners: dict[str, Any] = {"baseline": trialist.base.runner}
+    runners: dict[str, Any] = {"baseline": trialist.runner}
     found: dict[str, dict[str, Any]] = {}
     for mode in MODES:
         try:
@@ -309,32 +316,52 @@ def warm_start(settings: SearchSettings, task: str, transformer: bool) -> list[d
 
 
 def storage_for(url: str) -> Any:
-    """An Optuna RDB storage with heartbeats and retry of trials whose process died."""
+    """An Optuna RDB storage with heartbeats: a trial whose process died is failed and retried."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
     try:
         return optuna.storages.RDBStorage(
             url,
             heartbeat_interval=HEARTBEAT_S,
             grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=retry,
+            heartbeat_stale_trial_callback=retry_stale,
             engine_kwargs=_engine_kwargs(url),
         )
     except ImportError as exc:
-        driver = (
-            "psycopg[binary] (pip install 'fulcrum[postgres]')"
+        fix = (
+            "the psycopg driver, which is not installed: pip install 'fulcrum[postgres]'"
             if url.startswith("postgres")
-            else "its driver"
+            else f"a database driver that is not installed ({first_line(exc, 120)})"
         )
-        raise MissingDependencyError(f"storage {url!r} needs {driver}: {exc}.") from None
+        raise MissingDependencyError(f"--storage {_shown(url)!r} needs {fix}.") from None
     except Exception as exc:
-        first = first_line(exc, 200)
+        cause = first_line(getattr(exc, "orig", None) or exc, 200)  # the driver's own words
         raise ConfigError(
-            f"storage {url!r} cannot be reached ({first}); check the URL, that the server runs, "
-            "and that its driver is installed (PostgreSQL: pip install 'fulcrum[postgres]')."
+            f"--storage {_shown(url)!r} cannot be opened: {_where(url)} ({cause}); start the "
+            "server or fix the URL (PostgreSQL needs the psycopg driver: "
+            "pip install 'fulcrum[postgres]')."
         ) from None
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _where(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"the SQLite file {parsed.database!r} cannot be used"
+    port = parsed.port or {"postgresql": 5432, "mysql": 3306}.get(parsed.get_backend_name())
+    return f"no {parsed.get_backend_name()} server answers at {parsed.host}:{port}"
 
 
 def check_storage_url(url: str) -> None:
@@ -345,46 +372,87 @@ def check_storage_url(url: str) -> None:
         make_url(url).get_dialect()
     except Exception as exc:
         raise ConfigError(
-            f"--storage {url!r} is not a database URL this machine can open ({first_line(exc, 120)}); "
+            f"--storage {_shown(url)!r} is not a database URL this machine can open ({first_line(exc, 120)}); "
             "use sqlite:///path/study.db or postgresql://user:password@host:5432/db "
             "(PostgreSQL needs pip install 'fulcrum[postgres]')."
         ) from None
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgres"):  # an unreachable host fails in seconds, not minutes
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+def retry_stale(study: Any, trial: Any) -> None:
+    """Optuna's retry of a trial whose process died (its heartbeat went stale): its parameters
+    are queued again, at most three times, without what the dead run had recorded."""
+    import optuna
+
+    trial.user_attrs = {"retry_of": trial.number}
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, trial)
+
+
+def sampler_seed(seed: int, sequence: tuple[Any, ...]) -> int:
+    """``seed`` itself for the first process of a new study; for any other process a seed drawn
+    from ``seed`` and ``sequence`` (what tells the process apart), so that a resumed or joining
+    process draws new recipes instead of replaying the ones drawn already."""
+    if not sequence:
+        return seed
+    digest = hashlib.sha256(repr((seed, *sequence)).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def open_study(
-    settings: SearchSettings, storage: Any, name: str, direction_names: Sequence[str]
-) -> Any:
+    settings: SearchSettings,
+    storage: Any,
+    name: str,
+    sequence: tuple[Any, ...] | None = None,
+) -> tuple[Any, tuple[Any, ...]]:
+    """Create the study ``name`` in ``storage`` or join it; return it and its sampler's sequence.
+
+    Creating is atomic in the storage (study names are unique), so of the processes and machines
+    started at once exactly one creates the study. Its sampler is seeded with ``settings.seed``
+    (a new single-process search is reproducible); any other process (a resume, another
+    machine) seeds it from the seed, the number of trials in the study, the host and the process,
+    unless ``sequence`` is given (a worker: its parent's sequence and its own index).
+    """
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = {
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=10),
-        "tpe": lambda: optuna.samplers.TPESampler(
-            seed=settings.seed, multivariate=True, n_startup_trials=10
-        ),
-        "random": lambda: optuna.samplers.RandomSampler(seed=settings.seed),
-    }[settings.sampler]()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # Fulcrum reports a failed trial in one line
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     directions: Any = [OBJECTIVES[o] for o in settings.objectives]
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        directions=directions,
-        sampler=sampler,
-        load_if_exists=True,
-    )
-    saved = study.user_attrs.get("objectives")
-    if saved is not None and list(saved) != list(direction_names):
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+        created = False
+    objectives = list(settings.objectives)
+    saved = study.metric_names or study.user_attrs.get("objectives")  # (older run folders)
+    if saved is None and len(study.directions) != len(objectives):
+        saved = [d.name.lower() for d in study.directions]
+    if saved is not None and list(saved) != objectives:
         raise ConfigError(
-            f"study {name!r} exists with objectives {', '.join(saved)}, not {', '.join(direction_names)}; "
+            f"study {name!r} exists with objectives {', '.join(saved)}, not {', '.join(objectives)}; "
             "use another --study name or the same objectives."
         )
-    if saved is None:
-        study.set_user_attr("objectives", list(direction_names))
-    return study
+    if study.metric_names is None:  # what optuna-dashboard shows as the objectives' names
+        study.set_metric_names(objectives)
+    if sequence is None:
+        trials = len(study.get_trials(deepcopy=False))
+        sequence = () if created else (trials, socket.gethostname(), os.getpid())
+    seed = sampler_seed(settings.seed, sequence)
+    study.sampler = {
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=10),
+        "tpe": lambda: optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=10
+        ),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }[settings.sampler]()
+    return study, sequence
 
 
 # settings a resumed study must share with the command that joins it (trials, seed, workers and
@@ -423,27 +491,33 @@ class Baseline:
     size_bytes: int
     macs: int
     params: int
-    runner: Any
 
 
-def measure_baseline(workload: Workload, settings: SearchSettings, threads: int) -> Baseline:
-    from fulcrum import measure, timing
+def baseline_runner(workload: Workload, settings: SearchSettings, threads: int) -> Any:
+    """The baseline as deployed on the search's runtime, to time every candidate beside it."""
     from fulcrum.compression import onnx_bytes, output_of
-    from fulcrum.evaluation import evaluate_workload
-    from fulcrum.metrics import MAIN_METRIC
     from fulcrum.runtimes import OnnxModel
     from fulcrum.techniques import Candidate
+
+    if settings.runtime != "onnxruntime":
+        return workload.model
+    data = onnx_bytes(Candidate.of(workload.model), workload.example_inputs)
+    return OnnxModel(data, threads, output_of(workload))
+
+
+def measure_baseline(
+    workload: Workload, settings: SearchSettings, threads: int, runner: Any
+) -> Baseline:
+    """The study's reference figures, measured once per study by the process that sets it up."""
+    from fulcrum import measure, timing
+    from fulcrum.evaluation import evaluate_workload
+    from fulcrum.metrics import MAIN_METRIC
 
     evaluation = evaluate_workload(workload, threads=threads)
     profile = measure.profile(
         workload.model, workload.example_inputs, latency=False, runtimes_=("torch",)
     )
-    if settings.runtime == "onnxruntime":
-        data = onnx_bytes(Candidate.of(workload.model), workload.example_inputs)
-        runner: Any = OnnxModel(data, threads, output_of(workload))
-        size = len(data)
-    else:
-        runner, size = workload.model, profile.artifact_bytes["safetensors"]
+    size = len(runner.data) if settings.runtime == "onnxruntime" else None
     times = timing.compare_latency(
         {"baseline": runner},
         workload.example_inputs,
@@ -456,10 +530,9 @@ def measure_baseline(workload: Workload, settings: SearchSettings, threads: int)
         metric=float(value or 0.0),
         metrics=evaluation.metrics,
         latency_ms=times[("baseline", settings.batch_size)].median_ms,
-        size_bytes=size,
+        size_bytes=size if size is not None else profile.artifact_bytes["safetensors"],
         macs=profile.macs,
         params=profile.params_total,
-        runner=runner,
     )
 
 
@@ -484,7 +557,7 @@ class Trialist:
         self.reference = reference  # the study's baseline figures (the first process measured them)
         self.progress = progress or (lambda _m: None)
         self.cache: dict[str, Any] = {}
-        self.base = measure_baseline(workload, settings, threads)
+        self.runner = baseline_runner(workload, settings, threads)
         import torch
 
         from fulcrum.techniques.fuse import has_attention
@@ -494,7 +567,11 @@ class Trialist:
         )
         self.graph_only = not isinstance(workload.model, torch.nn.Module)  # an ONNX workload
 
-    def objective(self, trial: Any) -> list[float]:
+    def objective(
+        self, trial: Any, wait: Callable[[], None] = lambda: time.sleep(1.0)
+    ) -> list[float]:
+        """Draw a recipe, apply it, measure it; ``wait`` is called while an earlier trial that
+        drew the same recipe is still measuring it."""
         import optuna
 
         from fulcrum import measure, timing
@@ -524,15 +601,15 @@ class Trialist:
         )
         text = recipe_text(recipe)
         trial.set_user_attr("recipe", text)
-        trial.set_user_attr("worker", WORKER)  # which machine and process ran it
         self.progress(f"trial {trial.number}: {text}")
-        earlier = same_recipe(trial, text)
-        if earlier is not None:  # the sampler drew a recipe already measured: reuse its figures
-            for key, value in earlier.user_attrs.items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("recipe", text)
-            trial.set_user_attr("worker", WORKER)
+        earlier = same_recipe(trial, text, wait)
+        if earlier is not None:  # the recipe was measured already: reuse its figures
             trial.set_user_attr("same_as", earlier.number)
+            if earlier.state.name == "PRUNED":
+                raise optuna.TrialPruned(f"same recipe as trial {earlier.number}, pruned there")
+            for key, value in earlier.user_attrs.items():
+                if key not in ("recipe", "worker", "same_as", "retry_of"):
+                    trial.set_user_attr(key, value)
             self.progress(f"trial {trial.number}: same recipe as trial {earlier.number}, reused")
             saved = self.run_dir / "trials" / str(earlier.number)
             if saved.is_dir():  # so that this trial, too, can be picked and exported
@@ -570,7 +647,7 @@ class Trialist:
         evaluation = evaluate_workload(workload, runner, threads=self.threads)
         metric = float(evaluation.metrics[MAIN_METRIC[workload.task]] or 0.0)
         times = timing.compare_latency(
-            {"baseline": self.base.runner, "candidate": runner},
+            {"baseline": self.runner, "candidate": runner},
             workload.example_inputs,
             batch_sizes=(settings.batch_size,),
             threads=self.threads,
@@ -607,14 +684,31 @@ class Trialist:
         return [values[o] for o in settings.objectives]
 
 
-def same_recipe(trial: Any, text: str) -> Any:
-    """A finished trial of this study that measured the recipe ``text`` already, if any."""
+def same_recipe(trial: Any, text: str, wait: Callable[[], None]) -> Any:
+    """The earlier trial of the study whose figures stand for this one's recipe ``text``, if any.
+
+    Earlier means lower-numbered. One that has finished is returned; one that is still measuring
+    the recipe (in any process) is waited for, and so is one still drawing its recipe: of two
+    trials that draw one recipe at the same moment the later-numbered always waits, and the
+    recipe is measured once. If the earlier trial fails, this one measures the recipe itself.
+    """
     from optuna.trial import TrialState
 
-    for earlier in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if earlier.user_attrs.get("recipe") == text and earlier.number != trial.number:
-            return earlier
-    return None
+    measured, running = (TrialState.COMPLETE, TrialState.PRUNED), TrialState.RUNNING
+    while True:
+        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+        same = [
+            t
+            for t in earlier
+            if t.user_attrs.get("recipe") == text and (t.state in measured or t.state == running)
+        ]
+        done = [t for t in same if t.state in measured]
+        if done:
+            return done[0]
+        drawing = [t for t in earlier if t.state == running and "recipe" not in t.user_attrs]
+        if not same and not drawing:
+            return None
+        wait()
 
 
 def violations(
@@ -635,8 +729,8 @@ def violations(
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock shared by this machine's workers (asking for a trial is not atomic)."""
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` among this machine's processes (released if one dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -646,64 +740,212 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def work(study: Any, trialist: Trialist, trials: int, lock: Path) -> int:
-    """Ask for and run trials until the study has ``trials`` finished ones; return how many ran here."""
+# -- the exact trial count, Ctrl-C, the loop ----------------------------------------------------
+
+
+class Surplus(FulcrumError):
+    """A trial that began when the requested trials were all finished or under way."""
+
+
+class Quota:
+    """Exactly ``trials`` finished trials (complete or pruned) in the study, however many
+    processes and machines share it.
+
+    The storage numbers trials in the order it creates them (Optuna locks the study's row to do
+    so), so a trial can decide alone, once, when it begins: trial n goes on only while
+
+        finished trials + unfinished trials numbered below n  <  trials
+
+    (unfinished: running or queued). Never more: had more finished, the highest-numbered of them
+    would have counted every other one (each was created before it, and finished later or
+    already) and stopped. Never fewer while some process works: the lowest-numbered unfinished
+    trial always goes on, and a trial whose process dies is failed by its stale heartbeat (which
+    frees its place) and queued again. A trial that finds no place ends at once as failed, with
+    the user attribute ``surplus``: it measured nothing and counts for nothing. That happens only
+    when processes begin trials at the same moment, because between trials a process starts no
+    new one while running trials elsewhere fill the count: it waits, in case one of them fails.
+    """
+
+    def __init__(self, study: Any, storage: Any, trials: int) -> None:
+        self.study, self.storage, self.trials = study, storage, trials
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.unstarted: dict[int, float] = {}  # running trials seen not yet started: since when
+
+    def count(self, below: int | None = None) -> tuple[int, int, int]:
+        """Finished, running and queued trials (running and queued: numbered below ``below``)."""
+        from optuna.trial import TrialState
+
+        self.tend()
+        finished = running = queued = 0
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                finished += 1
+            elif below is None or t.number < below:
+                running += t.state == TrialState.RUNNING
+                queued += t.state == TrialState.WAITING
+        return finished, running, queued
+
+    def begin(self, trial: Any) -> None:
+        """Start ``trial`` in this process, or end it as surplus when it finds no place.
+
+        Its first heartbeat is written before anything else, so that Optuna fails (and queues
+        again) a trial whose process dies from here on; ``worker`` says who runs it.
+        """
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        self.storage.record_heartbeat(trial_id)
+        trial.set_user_attr("worker", WORKER)
+        finished, running, queued = self.count(below=trial.number)
+        if finished + running + queued >= self.trials:
+            reason = (
+                f"{finished} trials finished and {running + queued} earlier ones under way when "
+                f"it began, for {self.trials} requested"
+            )
+            trial.set_user_attr("surplus", reason)
+            raise Surplus(f"trial {trial.number} not run: {reason}")
+
+    def full(self, study: Any, _trial: Any = None) -> None:
+        """Optuna callback: stop asking for trials while running ones fill the count."""
+        finished, running, queued = self.count()
+        if not queued and finished + running >= self.trials:
+            study.stop()
+
+    def tend(self) -> None:
+        """Fail the trials of dead processes (Optuna: stale heartbeats, then a retry). A trial
+        whose process died between its creation and its first heartbeat would never go stale:
+        after GRACE_S seen so, it is given one heartbeat, which its process, if alive, keeps
+        fresh, and which otherwise goes stale."""
+        from optuna.storages import fail_stale_trials
+        from optuna.trial import TrialState
+
+        fail_stale_trials(self.study)
+        now = time.monotonic()
+        running = {
+            t.number: t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if "worker" not in t.user_attrs
+        }
+        self.unstarted = {n: s for n, s in self.unstarted.items() if n in running}
+        for number in running:
+            if now - self.unstarted.setdefault(number, now) > GRACE_S:
+                self.storage.record_heartbeat(
+                    self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+                )
+                self.unstarted[number] = float("inf")  # once: then it is Optuna's to judge
+
+    def wait(self) -> None:
+        time.sleep(POLL_S)
+        self.tend()
+
+
+class Interrupt:
+    """Ctrl-C (SIGINT) or SIGTERM during a search; a worker ignores SIGINT and is stopped by
+    its parent's SIGTERM.
+
+    Inside a trial, and outside Optuna's loop, it raises KeyboardInterrupt at once: Optuna marks
+    the running trial failed, and the search queues it again for the resumed run. While Optuna
+    creates or records a trial (``deferring``) it only asks the loop to stop after that step, so
+    that no trial is left running without a heartbeat. Only the first signal counts.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.deferring = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupt:
+        if threading.current_thread() is threading.main_thread():  # (where signals arrive)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # (a worker, a background job)
+                    self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        first, self.requested = not self.requested, True
+        if first and not self.deferring:
+            raise KeyboardInterrupt
+
+    def check(self, study: Any, _trial: Any) -> None:
+        """Optuna callback: stop after this trial if Ctrl-C came while it was being recorded."""
+        if self.requested:
+            study.stop()
+
+
+def work(study: Any, storage: Any, trialist: Trialist, trials: int, interrupt: Interrupt) -> None:
+    """Run trials in this process until the study holds ``trials`` finished ones, counted across
+    every process and machine sharing it (``Quota``). Trials run in Optuna's loop (heartbeats,
+    stale-trial retries); a trial that fails with an error is recorded and the search goes on."""
     import optuna
-    from optuna.storages import fail_stale_trials
-    from optuna.storages._heartbeat import get_heartbeat_thread
+    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    ran = 0
-    attempts = 0
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # ask/tell with our own heartbeat thread (below) is what Study.optimize does internally
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-    while True:
-        fail_stale_trials(study)  # a dead process's trial is failed and queued again
-        with _locked(lock):
-            states = [t.state for t in study.get_trials(deepcopy=False)]
-            finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
-            running = states.count(TrialState.RUNNING)
-            waiting = states.count(TrialState.WAITING)
-            if finished >= trials:
-                return ran
-            busy = not waiting and finished + running >= trials
-            trial = None if busy else study.ask()
-        if trial is None:  # the rest are running elsewhere; wait in case one of them dies
-            time.sleep(1.0)
-            continue
-        attempts += 1
-        if attempts > 3 * trials + 10:
-            raise ConfigError(
-                "too many trials failed; see the errors in results.json and fix the recipe space."
-            )
-        heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
-        heartbeat.start()
+    quota = Quota(study, storage, trials)
+    errors = 0
+
+    def objective(trial: Any) -> list[float]:
+        nonlocal errors
+        interrupt.deferring = False
         try:
-            values = trialist.objective(trial)
-        except BaseException as exc:
-            heartbeat.join()  # always: a live heartbeat would keep a dead trial "running"
+            if interrupt.requested:
+                raise KeyboardInterrupt
+            quota.begin(trial)
+            return trialist.objective(trial, quota.wait)
+        except KeyboardInterrupt:  # queued again, so that the resumed search measures it
+            if trial.params and "surplus" not in trial.user_attrs:
+                trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            raise
+        except (optuna.TrialPruned, Surplus) as exc:
             if isinstance(exc, optuna.TrialPruned):
                 trial.set_user_attr("pruned", str(exc))
-                study.tell(trial, state=TrialState.PRUNED)
-            elif isinstance(exc, Exception):  # the trial fails; the search goes on
-                message = (
-                    str(exc)
-                    if isinstance(exc, FulcrumError)
-                    else f"internal error (a bug in Fulcrum): {type(exc).__name__}: {first_line(exc)}"
+            raise
+        except Exception as exc:  # the trial fails; the search goes on
+            errors += 1
+            message = (
+                str(exc)
+                if isinstance(exc, FulcrumError)
+                else f"internal error (a bug in Fulcrum): {type(exc).__name__}: {first_line(exc)}"
+            )
+            trial.set_user_attr("error", message)
+            log.warning("trial %d failed: %s", trial.number, message)
+            raise TrialFailed(message) from exc
+        finally:
+            interrupt.deferring = True
+
+    def report(study: Any, trial: Any) -> None:
+        if errors > 2 * trials + 10:
+            study.stop()
+        elif "surplus" not in trial.user_attrs:
+            trialist.progress(best_so_far(study, trialist, trials))
+
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    callbacks = [MaxTrialsCallback(trials, states=finished_states), quota.full, report]
+    while True:
+        finished, running, queued = quota.count()
+        if finished >= trials:
+            return
+        if queued or finished + running < trials:
+            interrupt.deferring = True
+            try:
+                study.optimize(
+                    objective, callbacks=[*callbacks, interrupt.check], catch=(FulcrumError,)
                 )
-                trial.set_user_attr("error", message)
-                study.tell(trial, state=TrialState.FAIL)
-                log.warning("trial %d failed: %s", trial.number, message)
-            else:  # Ctrl-C: the trial is failed and queued again for the resumed search
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-                study.tell(trial, state=TrialState.FAIL)
-                raise
-        else:
-            heartbeat.join()
-            study.tell(trial, values)
-        ran += 1
-        trialist.progress(best_so_far(study, trialist, trials))
+            finally:
+                interrupt.deferring = False
+            if interrupt.requested:
+                raise KeyboardInterrupt
+            if errors > 2 * trials + 10:
+                raise ConfigError(
+                    "too many trials failed; see the errors in results.json and fix the recipe space."
+                )
+        else:  # the last trials run elsewhere: wait, in case one of them fails
+            quota.wait()
+
+
+class TrialFailed(FulcrumError):
+    """A trial ended by an error (recorded on the trial); the search goes on."""
 
 
 def best_so_far(study: Any, trialist: Trialist, trials: int) -> str:
@@ -736,25 +978,67 @@ def _worker(
     url: str,
     name: str,
     threads: int,
-    index: int,
+    sequence: tuple[Any, ...],
     reference: dict[str, Any],
 ) -> None:
-    """A worker process: loads the workload by name and joins the study."""
-    import torch
+    """A worker process: loads the workload by name and joins the study. It ignores Ctrl-C (its
+    parent's doing, so that none prints a traceback); its parent's SIGTERM ends it quietly, and
+    so does its parent's death (a killed search leaves no worker behind)."""
+    parent = os.getppid()
 
-    from fulcrum.workloads import load
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    torch.set_num_threads(threads)
-    worker_settings = replace(settings, seed=settings.seed + index)
-    workload = load(spec)
-    storage = storage_for(url)
-    study = open_study(worker_settings, storage, name, settings.objectives)
-    trialist = Trialist(workload, worker_settings, Path(run_dir), threads, reference)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches every worker: end quietly
-        work(study, trialist, settings.trials, Path(run_dir) / ".ask.lock")
+    try:
+        with Interrupt() as interrupt:
+            threading.Thread(target=orphaned, daemon=True).start()
+            import torch
+
+            from fulcrum.workloads import load
+
+            torch.set_num_threads(threads)
+            workload = load(spec)
+            storage = storage_for(url)
+            study, _ = open_study(settings, storage, name, sequence)
+            trialist = Trialist(workload, settings, Path(run_dir), threads, reference)
+            work(study, storage, trialist, settings.trials, interrupt)
+    except KeyboardInterrupt:  # the parent says that the search was interrupted, and how to resume
+        sys.stderr.flush()
+        os._exit(0)  # at once: tearing down torch and friends takes seconds on a busy machine
 
 
 # -- the whole search ---------------------------------------------------------------------------
+
+
+def set_up(study: Any, trialist: Trialist, say: Callable[[str], None]) -> dict[str, Any]:
+    """The study's reference figures, measured once per study: the baseline, the quantization
+    probe's verdict; then the warm-start recipes are queued."""
+    from fulcrum.workloads import source_of
+
+    settings, workload = trialist.settings, trialist.workload
+    say("measuring the baseline")
+    base = measure_baseline(workload, settings, trialist.threads, trialist.runner)
+    reference = {
+        **asdict(base),
+        "workload_source": source_of(workload),
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("workers",)},
+    }
+    trialist.reference = reference
+    probing = settings.runtime == "onnxruntime" and "latency_ms" in settings.objectives
+    if probing and settings.trials >= WARM_START_MIN_TRIALS:  # worth it for longer searches
+        say("probing which quantization modes make this model faster")
+        reference["probe"] = probe_quantization(trialist)
+        for mode, verdict in reference["probe"].items():
+            figure = verdict.get("latency_ratio")
+            found = f"{figure:.2f}x the baseline's latency" if figure else verdict["error"]
+            say(f"  quantize:{mode}: {found}" + ("" if verdict["kept"] else ", left out"))
+    study.set_user_attr("baseline", reference)
+    if settings.trials >= WARM_START_MIN_TRIALS and not trialist.graph_only:
+        for params in warm_start(settings, workload.task, trialist.transformer):
+            study.enqueue_trial(within_probe(params, reference.get("probe")), skip_if_exists=True)
+    return reference
 
 
 @keeps_caller_state("workload.model")
@@ -769,12 +1053,12 @@ def run_study(
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Any, Trialist, float]:
-    """Run (or resume) the study in ``run_dir`` until it has ``settings.trials`` finished trials.
+    """Run (or resume, or join) the study until it has ``settings.trials`` finished trials.
 
     Returns the Optuna study, this process's Trialist (baseline and runners) and the seconds
     the trials took; ``fulcrum.sweetspot`` turns them into the frontier and the pick. Torch's
     thread count, its random generator, the warning filters and the workload model's mode are
-    left as they were.
+    left as they were. Ctrl-C raises KeyboardInterrupt within seconds, after the workers ended.
     """
     import torch
 
@@ -794,51 +1078,67 @@ def run_study(
     name = study_name or "fulcrum"
     threads = threads or max(1, default_threads() // settings.workers)
     say = progress or (lambda _m: None)
-    study = open_study(settings, storage_for(url), name, settings.objectives)
+    rdb = storage_for(url)
+    study, sequence = open_study(settings, rdb, name)
     check_same_search(study.user_attrs.get("baseline"), source_of(workload), settings, name)
     torch.set_num_threads(threads)
-    say("measuring the baseline")
     trialist = Trialist(workload, settings, run_dir, threads, {}, progress=say)
-    reference = study.user_attrs.get("baseline")
-    if reference is None:
-        reference = {
-            "metric": trialist.base.metric,
-            "latency_ms": trialist.base.latency_ms,
-            "size_bytes": trialist.base.size_bytes,
-            "macs": trialist.base.macs,
-            "params": trialist.base.params,
-            "metrics": trialist.base.metrics,
-            "workload_source": source_of(workload),
-            "settings": {k: v for k, v in asdict(settings).items() if k not in ("workers",)},
-        }
-        probing = settings.runtime == "onnxruntime" and "latency_ms" in settings.objectives
-        if probing and settings.trials >= WARM_START_MIN_TRIALS:  # worth it for longer searches
-            say("probing which quantization modes make this model faster")
-            reference["probe"] = probe_quantization(trialist)
-            for mode, verdict in reference["probe"].items():
-                figure = verdict.get("latency_ratio")
-                found = f"{figure:.2f}x the baseline's latency" if figure else verdict["error"]
-                say(f"  quantize:{mode}: {found}" + ("" if verdict["kept"] else ", left out"))
-        study.set_user_attr("baseline", reference)
-        if settings.trials >= WARM_START_MIN_TRIALS and not trialist.graph_only:
-            for params in warm_start(settings, workload.task, trialist.transformer):
-                study.enqueue_trial(within_probe(params, reference.get("probe")))
+    with locked(run_dir / ".setup.lock"):  # processes sharing this folder set up one at a time
+        reference = study.user_attrs.get("baseline") or set_up(study, trialist, say)
     trialist.reference = reference
     start = time.perf_counter()
-    if settings.workers > 1:
-        context = multiprocessing.get_context("spawn")
-        procs = [
-            context.Process(
-                target=_worker,
-                args=(spec, settings, str(run_dir), url, name, threads, i, reference),
-            )
-            for i in range(1, settings.workers)
-        ]
+    with Interrupt() as interrupt:
+        procs = _start_workers(spec, settings, run_dir, url, name, threads, sequence, reference)
+        try:
+            work(study, rdb, trialist, settings.trials, interrupt)
+            for p in procs:
+                p.join()
+        except BaseException:  # Ctrl-C, or an error here: the workers end too
+            _stop_workers(procs)
+            raise
+    return study, trialist, time.perf_counter() - start
+
+
+def _start_workers(
+    spec: str | None,
+    settings: SearchSettings,
+    run_dir: Path,
+    url: str,
+    name: str,
+    threads: int,
+    sequence: tuple[Any, ...],
+    reference: dict[str, Any],
+) -> list[Any]:
+    """``settings.workers - 1`` processes on the same study. They ignore Ctrl-C, which reaches
+    a whole terminal's process group: the parent stops them instead (``_stop_workers``)."""
+    context = multiprocessing.get_context("spawn")
+    procs = [
+        context.Process(
+            target=_worker,
+            args=(spec, settings, str(run_dir), url, name, threads, (*sequence, i), reference),
+        )
+        for i in range(1, settings.workers)
+    ]
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
         for p in procs:
             p.start()
-        work(study, trialist, settings.trials, run_dir / ".ask.lock")
-        for p in procs:
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    return procs
+
+
+def _stop_workers(procs: Sequence[Any], seconds: float = 8.0) -> None:
+    """SIGTERM to each worker (its running trial is failed and queued again), then SIGKILL to
+    any still alive after ``seconds``."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + seconds
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
             p.join()
-    else:
-        work(study, trialist, settings.trials, run_dir / ".ask.lock")
-    return study, trialist, time.perf_counter() - start

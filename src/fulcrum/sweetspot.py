@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fulcrum.errors import ConfigError, suggest
-from fulcrum.study import OBJECTIVES, SearchSettings, Trialist, run_study
+from fulcrum.study import OBJECTIVES, SearchSettings, Trialist, locked, run_study
 
 if TYPE_CHECKING:
     from fulcrum.workloads import Workload
@@ -60,7 +60,8 @@ def search(
         progress=progress,
     )
     (progress or (lambda _m: None))("re-measuring the finalists side by side with the baseline")
-    return conclude(study, trialist, settings, run_dir, seconds)
+    with locked(run_dir / ".conclude.lock"):  # two searches ending in one folder write in turn
+        return conclude(study, trialist, settings, run_dir, seconds)
 
 
 def _trial_record(t: Any) -> dict[str, Any]:
@@ -104,6 +105,9 @@ def conclude(
 
     reference = trialist.reference
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    # a study shared by machines: each holds the files of the trials it ran, and re-measures and
+    # picks among those; the frontier covers them all
+    here = {str(t.number) for t in complete if (run_dir / "trials" / str(t.number)).is_dir()}
     objectives = [frontier.Objective(o, OBJECTIVES[o]) for o in settings.objectives]
     keys = ("metric", "latency_ms", "latency_ratio", "size_bytes", "macs", "params")
     points = [
@@ -116,9 +120,9 @@ def conclude(
     ]
     front = frontier.pareto_front(points, objectives) if points else []
     # finalists: re-measured with more repetitions, interleaved with the baseline
-    finalists = front[: settings.finalists]
+    finalists = [p for p in front if p.key in here][: settings.finalists]
     if finalists:
-        runners: dict[str, Any] = {"baseline": trialist.base.runner}
+        runners: dict[str, Any] = {"baseline": trialist.runner}
         for p in finalists:
             folder = run_dir / "trials" / p.key
             if settings.runtime == "onnxruntime":
@@ -162,8 +166,9 @@ def conclude(
         limits=settings.limits(),
     )
     cost = next(o for o in settings.objectives if o != "metric")
+    local = [p for p in points if p.key in here]
     chosen = frontier.pick(
-        [p for p in points if p.key in {f.key for f in front}] or points,
+        [p for p in local if p.key in {f.key for f in front}] or local,
         objectives,
         budget,
         settings.policy,
@@ -201,5 +206,12 @@ def conclude(
         # the report's layer table, measured here so that the report only reads
         "layers": _layers(trialist, run_dir / "sweetspot" if chosen.point else None),
     }
-    (run_dir / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if len(local) < len(points):
+        result["pick"]["reason"] += (
+            f" (picked among the {len(local)} candidates whose files are in this run folder; "
+            f"{len(points) - len(local)} more were measured on other machines)"
+        )
+    partial = run_dir / "results.json.partial"  # readers never see half a file
+    partial.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    partial.replace(run_dir / "results.json")
     return result

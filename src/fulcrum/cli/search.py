@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +132,21 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out, "--out", folder=True)
     check_run_folder(out, "search")
     console = Console(stderr=True)
-    result = search(
-        workload,
-        settings,
-        out,
-        spec=args.workload,
-        storage=args.storage,
-        study_name=args.study,
-        threads=args.threads,
-        progress=lambda m: console.print(f"[dim]{m}[/dim]"),
-    )
+    try:
+        result = search(
+            workload,
+            settings,
+            out,
+            spec=args.workload,
+            storage=args.storage,
+            study_name=args.study,
+            threads=args.threads,
+            progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+        )
+    except KeyboardInterrupt:  # the running trials were failed and queued again
+        again = "the same command again" if args.out else f"the same command with --out {out}"
+        print(f"fulcrum search: interrupted (run {again} to resume it)", file=sys.stderr)
+        return 130
     render(result)
     from fulcrum.report import write_report
 
