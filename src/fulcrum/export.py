@@ -39,6 +39,8 @@ def candidate_folder(run_dir: Path, trial: int | None = None) -> Path:
         )
     if trial is not None:
         folder = run_dir / "trials" / str(trial)
+        if not folder.exists():
+            fetched(run_dir, trial, folder)
         if not (folder / "model.json").is_file():
             done = (
                 sorted(int(p.name) for p in (run_dir / "trials").glob("*") if p.name.isdigit())
@@ -57,6 +59,19 @@ def candidate_folder(run_dir: Path, trial: int | None = None) -> Path:
         f"{run_dir} has no sweet spot to export (the search found none within budget); "
         "choose one with --trial N."
     )
+
+
+def fetched(run_dir: Path, trial: int, folder: Path) -> None:
+    """Fetch the files of a trial measured on another machine of the study into ``folder``,
+    from the artifact store the search recorded (``fulcrum search --artifacts``), if any."""
+    from fulcrum.artifacts import ATTR, fetch, open_store
+
+    result = json.loads((run_dir / "results.json").read_text())
+    record: dict[str, Any] = next(
+        (t for t in result.get("trials", []) if t.get("number") == trial), {}
+    )
+    if result.get("artifacts") and ATTR in record:
+        fetch(open_store(result["artifacts"], write=False), record[ATTR], folder)
 
 
 def sha256(path: Path) -> str:

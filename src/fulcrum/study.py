@@ -1,6 +1,7 @@
 """The sweet-spot search: an Optuna study over recipes, durable and parallel.
 
-The only module that imports optuna. Each trial builds a recipe from the technique registry's
+The only module that imports optuna, with ``fulcrum.artifacts`` (trial files in an artifact store
+that every machine of a study reaches). Each trial builds a recipe from the technique registry's
 search spaces (structural steps, then recovery, then quantization: the one order in which each
 step can use what came before), applies it, evaluates the result on its deployment runtime and
 times it side by side with the baseline. Latency is stored as ``ratio x baseline latency``, the
@@ -461,9 +462,16 @@ SHARED_SETTINGS = ("runtime", "batch_size", "max_drop", "relative", "budgets", "
 
 
 def check_same_search(
-    reference: dict[str, Any] | None, workload: str, settings: SearchSettings, name: str
+    reference: dict[str, Any] | None,
+    workload: str,
+    settings: SearchSettings,
+    name: str,
+    artifacts: str | None = None,
 ) -> None:
-    """Refuse to join a study of another workload or with other budgets, before any work."""
+    """Refuse to join a study of another workload, with other budgets or another kind of
+    artifact store (``artifacts``: this machine's --artifacts), before any work."""
+    from fulcrum.artifacts import kind
+
     if reference is None:
         return
     if reference.get("workload_source") != workload:
@@ -478,6 +486,15 @@ def check_same_search(
                 f"study {name!r} was started with {key}={saved[key]!r}, not "
                 f"{asdict(settings)[key]!r}; resume it with the same setting or use another --out."
             )
+    saved_kind, given = reference.get("artifacts"), kind(artifacts)
+    if saved_kind != given:
+        raise ConfigError(
+            f"study {name!r} keeps its trials' files in an artifact store ({saved_kind}); pass "
+            f"--artifacts with that store as this machine reaches it."
+            if saved_kind
+            else f"study {name!r} was started without --artifacts, so its trials' files stay on "
+            "the machines that ran them; drop --artifacts, or start another --study with it."
+        )
 
 
 # -- one process's work -------------------------------------------------------------------------
@@ -547,6 +564,7 @@ class Trialist:
         threads: int,
         reference: dict[str, Any],
         progress: Callable[[str], None] | None = None,
+        store: Any = None,
     ) -> None:
         self.workload, self.settings, self.run_dir, self.threads = (
             workload,
@@ -554,6 +572,7 @@ class Trialist:
             run_dir,
             threads,
         )
+        self.store = store  # the study's artifact store (``fulcrum.artifacts``), if it has one
         self.reference = reference  # the study's baseline figures (the first process measured them)
         self.progress = progress or (lambda _m: None)
         self.cache: dict[str, Any] = {}
@@ -666,12 +685,14 @@ class Trialist:
             "macs": macs,
             "params": params,
         }
+        folder = self.run_dir / "trials" / str(trial.number)
         save_candidate(
-            candidate,
-            self.run_dir / "trials" / str(trial.number),
-            workload.example_inputs,
-            self.reference["workload_source"],
+            candidate, folder, workload.example_inputs, self.reference["workload_source"]
         )
+        if self.store is not None:  # where every machine of the study finds them
+            from fulcrum.artifacts import upload
+
+            upload(self.store, trial, folder)
         for key, value in values.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("metrics", evaluation.metrics)
@@ -980,6 +1001,7 @@ def _worker(
     threads: int,
     sequence: tuple[Any, ...],
     reference: dict[str, Any],
+    artifacts: str | None,
 ) -> None:
     """A worker process: loads the workload by name and joins the study. It ignores Ctrl-C (its
     parent's doing, so that none prints a traceback); its parent's SIGTERM ends it quietly, and
@@ -996,13 +1018,15 @@ def _worker(
             threading.Thread(target=orphaned, daemon=True).start()
             import torch
 
+            from fulcrum.artifacts import open_store
             from fulcrum.workloads import load
 
             torch.set_num_threads(threads)
             workload = load(spec)
             storage = storage_for(url)
             study, _ = open_study(settings, storage, name, sequence)
-            trialist = Trialist(workload, settings, Path(run_dir), threads, reference)
+            store = open_store(artifacts) if artifacts else None
+            trialist = Trialist(workload, settings, Path(run_dir), threads, reference, store=store)
             work(study, storage, trialist, settings.trials, interrupt)
     except KeyboardInterrupt:  # the parent says that the search was interrupted, and how to resume
         sys.stderr.flush()
@@ -1012,9 +1036,12 @@ def _worker(
 # -- the whole search ---------------------------------------------------------------------------
 
 
-def set_up(study: Any, trialist: Trialist, say: Callable[[str], None]) -> dict[str, Any]:
+def set_up(
+    study: Any, trialist: Trialist, say: Callable[[str], None], artifacts: str | None = None
+) -> dict[str, Any]:
     """The study's reference figures, measured once per study: the baseline, the quantization
-    probe's verdict; then the warm-start recipes are queued."""
+    probe's verdict, the kind of its artifact store; then the warm-start recipes are queued."""
+    from fulcrum.artifacts import kind
     from fulcrum.workloads import source_of
 
     settings, workload = trialist.settings, trialist.workload
@@ -1024,6 +1051,7 @@ def set_up(study: Any, trialist: Trialist, say: Callable[[str], None]) -> dict[s
         **asdict(base),
         "workload_source": source_of(workload),
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("workers",)},
+        "artifacts": kind(artifacts),  # every machine joining must reach a store of this kind
     }
     trialist.reference = reference
     probing = settings.runtime == "onnxruntime" and "latency_ms" in settings.objectives
@@ -1052,8 +1080,10 @@ def run_study(
     study_name: str | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    artifacts: str | None = None,
 ) -> tuple[Any, Trialist, float]:
-    """Run (or resume, or join) the study until it has ``settings.trials`` finished trials.
+    """Run (or resume, or join) the study until it has ``settings.trials`` finished trials;
+    with ``artifacts`` (a folder or ``s3://bucket/prefix``), each trial's files are uploaded there.
 
     Returns the Optuna study, this process's Trialist (baseline and runners) and the seconds
     the trials took; ``fulcrum.sweetspot`` turns them into the frontier and the pick. Torch's
@@ -1062,6 +1092,7 @@ def run_study(
     """
     import torch
 
+    from fulcrum.artifacts import open_store
     from fulcrum.runtimes import default_threads
     from fulcrum.workloads import source_of
 
@@ -1080,15 +1111,20 @@ def run_study(
     say = progress or (lambda _m: None)
     rdb = storage_for(url)
     study, sequence = open_study(settings, rdb, name)
-    check_same_search(study.user_attrs.get("baseline"), source_of(workload), settings, name)
+    check_same_search(
+        study.user_attrs.get("baseline"), source_of(workload), settings, name, artifacts
+    )
+    store = open_store(artifacts) if artifacts else None
     torch.set_num_threads(threads)
-    trialist = Trialist(workload, settings, run_dir, threads, {}, progress=say)
+    trialist = Trialist(workload, settings, run_dir, threads, {}, progress=say, store=store)
     with locked(run_dir / ".setup.lock"):  # processes sharing this folder set up one at a time
-        reference = study.user_attrs.get("baseline") or set_up(study, trialist, say)
+        reference = study.user_attrs.get("baseline") or set_up(study, trialist, say, artifacts)
     trialist.reference = reference
     start = time.perf_counter()
     with Interrupt() as interrupt:
-        procs = _start_workers(spec, settings, run_dir, url, name, threads, sequence, reference)
+        procs = _start_workers(
+            spec, settings, run_dir, url, name, threads, sequence, reference, artifacts
+        )
         try:
             work(study, rdb, trialist, settings.trials, interrupt)
             for p in procs:
@@ -1108,6 +1144,7 @@ def _start_workers(
     threads: int,
     sequence: tuple[Any, ...],
     reference: dict[str, Any],
+    artifacts: str | None,
 ) -> list[Any]:
     """``settings.workers - 1`` processes on the same study. They ignore Ctrl-C, which reaches
     a whole terminal's process group: the parent stops them instead (``_stop_workers``)."""
@@ -1115,7 +1152,17 @@ def _start_workers(
     procs = [
         context.Process(
             target=_worker,
-            args=(spec, settings, str(run_dir), url, name, threads, (*sequence, i), reference),
+            args=(
+                spec,
+                settings,
+                str(run_dir),
+                url,
+                name,
+                threads,
+                (*sequence, i),
+                reference,
+                artifacts,
+            ),
         )
         for i in range(1, settings.workers)
     ]

@@ -42,11 +42,14 @@ def search(
     study_name: str | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    artifacts: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the search in ``run_dir`` and pick the sweet spot.
 
-    Returns the content of ``results.json``; ``result["pick"]["point"]`` is None when nothing
-    met the budget.
+    With ``artifacts`` (a folder or ``s3://bucket/prefix`` that every machine of the study
+    reaches), each trial's files are uploaded there and the pick considers every trial of the
+    study, fetching the files of those measured elsewhere. Returns the content of
+    ``results.json``; ``result["pick"]["point"]`` is None when nothing met the budget.
     """
     check_policy(settings)
     study, trialist, seconds = run_study(
@@ -58,10 +61,11 @@ def search(
         study_name=study_name,
         threads=threads,
         progress=progress,
+        artifacts=artifacts,
     )
     (progress or (lambda _m: None))("re-measuring the finalists side by side with the baseline")
     with locked(run_dir / ".conclude.lock"):  # two searches ending in one folder write in turn
-        return conclude(study, trialist, settings, run_dir, seconds)
+        return conclude(study, trialist, settings, run_dir, seconds, artifacts)
 
 
 def _trial_record(t: Any) -> dict[str, Any]:
@@ -93,12 +97,18 @@ def _layers(trialist: Trialist, chosen: Path | None) -> dict[str, list[dict[str,
 
 
 def conclude(
-    study: Any, trialist: Trialist, settings: SearchSettings, run_dir: Path, search_seconds: float
+    study: Any,
+    trialist: Trialist,
+    settings: SearchSettings,
+    run_dir: Path,
+    search_seconds: float,
+    artifacts: str | None = None,
 ) -> dict[str, Any]:
     """The frontier, its finalists re-measured, the pick, results.json and sweetspot/."""
     from optuna.trial import TrialState
 
     from fulcrum import frontier, timing
+    from fulcrum.artifacts import ATTR, fetch, kind
     from fulcrum.compression import output_of
     from fulcrum.measure import environment
     from fulcrum.runtimes import OnnxModel
@@ -106,8 +116,20 @@ def conclude(
     reference = trialist.reference
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     # a study shared by machines: each holds the files of the trials it ran, and re-measures and
-    # picks among those; the frontier covers them all
-    here = {str(t.number) for t in complete if (run_dir / "trials" / str(t.number)).is_dir()}
+    # picks among those and those in the study's artifact store; the frontier covers them all
+    stored = {str(t.number): t.user_attrs[ATTR] for t in complete if ATTR in t.user_attrs}
+    here = {
+        str(t.number)
+        for t in complete
+        if (run_dir / "trials" / str(t.number)).is_dir()
+        or (trialist.store is not None and str(t.number) in stored)
+    }
+
+    def files_of(key: str) -> Path:
+        """The trial's folder here, fetched from the artifact store if it was measured elsewhere."""
+        folder = run_dir / "trials" / key
+        return folder if folder.is_dir() else fetch(trialist.store, stored[key], folder)
+
     objectives = [frontier.Objective(o, OBJECTIVES[o]) for o in settings.objectives]
     keys = ("metric", "latency_ms", "latency_ratio", "size_bytes", "macs", "params")
     points = [
@@ -124,7 +146,7 @@ def conclude(
     if finalists:
         runners: dict[str, Any] = {"baseline": trialist.runner}
         for p in finalists:
-            folder = run_dir / "trials" / p.key
+            folder = files_of(p.key)
             if settings.runtime == "onnxruntime":
                 runners[p.key] = OnnxModel(
                     folder / "model.onnx", trialist.threads, output_of(trialist.workload)
@@ -177,7 +199,7 @@ def conclude(
     if chosen.point is not None:
         target = run_dir / "sweetspot"
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(run_dir / "trials" / chosen.point.key, target)
+        shutil.copytree(files_of(chosen.point.key), target)
     result = {
         "command": "search",
         "workload": reference["workload_source"],
@@ -202,6 +224,10 @@ def conclude(
             "closest": [{"trial": p.key, **p.values, **p.data} for p in chosen.closest],
         },
         "search_seconds": round(search_seconds, 1),
+        # where `fulcrum export` fetches a trial measured on another machine (as reached here)
+        "artifacts": str(Path(artifacts).resolve())
+        if artifacts and kind(artifacts) == "folder"
+        else artifacts,
         "environment": environment(trialist.threads),
         # the report's layer table, measured here so that the report only reads
         "layers": _layers(trialist, run_dir / "sweetspot" if chosen.point else None),

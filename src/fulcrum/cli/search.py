@@ -84,6 +84,13 @@ def add_parser(sub: Any) -> None:
         "--study", default=None, help="study name in the storage (default: fulcrum)"
     )
     parser.add_argument(
+        "--artifacts",
+        default=None,
+        metavar="PATH",
+        help="artifact store for the trials' files, reached by every machine of the study: a "
+        "shared folder or s3://bucket/prefix (needs boto3); default: the run folder only",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fulcrum import workloads
+    from fulcrum.artifacts import open_store
     from fulcrum.compression import timestamp
     from fulcrum.study import SearchSettings, check_storage_url
     from fulcrum.sweetspot import check_policy, search
@@ -125,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         check_run_folder(args.out, "search")
     if args.storage:
         check_storage_url(args.storage)
+    if args.artifacts:
+        open_store(args.artifacts)  # writable, before any work
     workload = workloads.load(
         args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
     )
@@ -142,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             study_name=args.study,
             threads=args.threads,
             progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+            artifacts=args.artifacts,
         )
     except KeyboardInterrupt:  # the running trials were failed and queued again
         again = "the same command again" if args.out else f"the same command with --out {out}"
