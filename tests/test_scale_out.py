@@ -122,9 +122,9 @@ def test_two_machines_share_one_postgresql_study_while_their_workers_are_killed(
         if "b" not in machines and trials_now:  # a new machine joins the running study
             machines["b"] = start("b")
             groups.append(machines["b"].pid)
-        # the kills come after 1, 3 and 5 finished trials (a moment later, at random), so that
+        # the kills come after 1, 2 and 3 finished trials (a moment later, at random), so that
         # all three land before the end however fast the trials run
-        if len(kills) < 3 and not next_kill and len(done) >= (1, 3, 5)[len(kills)]:
+        if len(kills) < 3 and not next_kill and len(done) >= (1, 2, 3)[len(kills)]:
             next_kill = time.time() + rng.uniform(0.2, 1.5)
         if len(kills) < 3 and next_kill and time.time() > next_kill and len(done) < trials - 1:
             name = rng.choice(sorted(machines))

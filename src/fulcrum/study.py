@@ -1177,7 +1177,7 @@ def _start_workers(
     return procs
 
 
-def _stop_workers(procs: Sequence[Any], seconds: float = 8.0) -> None:
+def _stop_workers(procs: Sequence[Any], seconds: float = 4.0) -> None:
     """SIGTERM to each worker (its running trial is failed and queued again), then SIGKILL to
     any still alive after ``seconds``."""
     for p in procs:
