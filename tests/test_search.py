@@ -538,3 +538,42 @@ def test_the_probe_leaves_out_quantization_modes_that_are_slower(search_dir, mon
     quantized = [t["recipe"] for t in result["trials"] if "quantize" in t["recipe"]]
     drawn = {(re.search(r"mode=([\w-]+)", r) or ["", "int8-static"])[1] for r in quantized}
     assert drawn == {"fp16"}  # the warm start's int8 became fp16, and nothing slower was drawn
+
+
+def test_static_int8_draws_how_many_hurt_layers_stay_in_float(monkeypatch):
+    """The layers int8 hurts most (by the sensitivity analysis) become a search dimension: the
+    first k of them are left in float; the warm start keeps the worst one in float."""
+    from optuna.trial import FixedTrial
+
+    from fulcrum import sensitivity
+    from fulcrum.compression import recipe_text
+    from fulcrum.study import int8_fallback, suggest_recipe, warm_start
+
+    layers = [
+        sensitivity.LayerSensitivity("conv0", "Conv2d", 10, 10, 0.1, float_metric=0.99),
+        sensitivity.LayerSensitivity("conv1", "Conv2d", 10, 10, 0.1, float_metric=0.905),
+        sensitivity.LayerSensitivity("conv2", "Conv2d", 10, 10, 0.1, float_metric=0.93),
+    ]
+    found = sensitivity.Sensitivity("w", "accuracy", 1.0, 100, [], 0.90, layers, None, 1.0)
+    monkeypatch.setattr(sensitivity, "analyse", lambda *a, **k: found)
+    said: list[str] = []
+    trialist = type("T", (), {"workload": None, "threads": 1})()
+    chosen = int8_fallback(trialist, said.append)
+    assert [c["layer"] for c in chosen] == ["conv0", "conv2"]  # conv1 wins back only 0.5 pt
+    assert "int8-static loses 10.00 pt" in said[0]
+
+    settings = SearchSettings(trials=20)
+    fallback = [c["layer"] for c in chosen]
+    base = {"use_prune": False, "use_lowrank": False, "use_quantize": True}
+    base |= {"quantize.mode": "int8-static", "quantize.per_channel": True}
+    base |= {"quantize.calibration": "minmax"}
+    for count, skip in ((0, ""), (1, "skip=conv0"), (2, "skip=conv0+conv2")):
+        trial = FixedTrial({**base, "quantize.fallback": count})
+        text = recipe_text(suggest_recipe(trial, settings, fallback=fallback))
+        assert text.endswith(skip) and ("skip" in text) == bool(skip)
+    dynamic = FixedTrial({**base, "quantize.mode": "int8-dynamic", "quantize.embeddings": "int8"})
+    assert "skip" not in recipe_text(suggest_recipe(dynamic, settings, fallback=fallback))
+    first = warm_start(settings, "multiclass", False, fallback=True)[0]
+    assert recipe_text(suggest_recipe(FixedTrial(first), settings, fallback=fallback)).endswith(
+        "skip=conv0"
+    )

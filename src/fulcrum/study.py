@@ -128,6 +128,7 @@ def suggest_recipe(
     *,
     graph_only: bool = False,
     modes: Sequence[str] | None = None,
+    fallback: Sequence[str] = (),
 ) -> tuple[Any, ...]:
     """A recipe drawn from the technique registry's spaces, in the one order that works.
 
@@ -170,8 +171,56 @@ def suggest_recipe(
         if transformer and trial.suggest_categorical("use_fuse", [True, False]):
             steps.append(get("fuse").space(trial))
         if quantize and trial.suggest_categorical("use_quantize", [True, False]):
-            steps.append(get("quantize").space(trial))
+            steps.append(with_fallback(get("quantize").space(trial), trial, fallback))
     return tuple(steps)
+
+
+def with_fallback(config: Any, trial: Any, fallback: Sequence[str]) -> Any:
+    """Static int8 with the first k of ``fallback`` (the layers int8 hurts most, by the
+    sensitivity analysis) left in float, k drawn from 0 to all of them."""
+    if config.mode != "int8-static" or not fallback:
+        return config
+    count = trial.suggest_int("quantize.fallback", 0, len(fallback))
+    return replace(config, skip=tuple(fallback[:count])) if count else config
+
+
+# a layer is a fallback candidate when leaving it alone in float wins back this much of the
+# metric int8 loses (0.2 pt); at most this many layers
+FALLBACK_GAIN = 0.002
+FALLBACK_LAYERS = 2
+
+
+def int8_fallback(trialist: Trialist, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The layers static int8 hurts most, measured on the baseline: int8 everywhere, then int8
+    with each layer alone left in float (``fulcrum.sensitivity``, no pruning, no timing)."""
+    from fulcrum import sensitivity
+
+    found = sensitivity.analyse(
+        trialist.workload, prune=False, latency=False, threads=trialist.threads
+    )
+    if found.int8_metric is None:
+        return []
+    gains = sorted(
+        (
+            (layer.float_metric - found.int8_metric, layer.name)
+            for layer in found.layers
+            if layer.float_metric is not None
+        ),
+        reverse=True,
+    )
+    kept = [(gain, name) for gain, name in gains[:FALLBACK_LAYERS] if gain >= FALLBACK_GAIN]
+    chosen: list[dict[str, Any]] = [{"layer": n, "gain": round(g, 6)} for g, n in kept]
+    lost = (found.baseline - found.int8_metric) * 100
+    say(
+        f"  int8-static loses {lost:.2f} pt; "
+        + (
+            "left in float it wins back: "
+            + ", ".join(f"{name} {gain * 100:+.2f} pt" for gain, name in kept)
+            if chosen
+            else "no single layer in float wins back 0.2 pt"
+        )
+    )
+    return chosen
 
 
 class Narrowed:
@@ -242,10 +291,14 @@ def probe_quantization(trialist: Trialist) -> dict[str, dict[str, Any]]:
 WARM_START_MIN_TRIALS = 10
 
 
-def warm_start(settings: SearchSettings, task: str, transformer: bool) -> list[dict[str, Any]]:
+def warm_start(
+    settings: SearchSettings, task: str, transformer: bool, fallback: bool = False
+) -> list[dict[str, Any]]:
     """Recipes known to be strong, tried first so that the sampler starts from good points:
     int8 alone, then 30% and 50% pruning with recovery and int8 (ONNX Runtime searches); for a
     transformer also half its layers (and half its feed-forward width) distilled, then int8.
+    With ``fallback`` (layers int8 hurts, found by the sensitivity analysis), static int8 keeps
+    the worst of them in float.
 
     For a transformer, int8 means fused attention and dynamic int8 with per-channel weights and
     4-bit embedding tables (measured best on all-MiniLM-L6-v2); otherwise static int8.
@@ -264,6 +317,7 @@ def warm_start(settings: SearchSettings, task: str, transformer: bool) -> list[d
             "quantize.mode": "int8-static",
             "quantize.per_channel": True,
             "quantize.calibration": "minmax",
+            **({"quantize.fallback": 1} if fallback else {}),
         }
     )
     recovery: dict[str, Any] = (
@@ -617,6 +671,7 @@ class Trialist:
             self.transformer,
             graph_only=self.graph_only,
             modes=[m for m, v in probe.items() if v["kept"]] if probe else None,
+            fallback=[f["layer"] for f in self.reference.get("fallback", [])],
         )
         text = recipe_text(recipe)
         trial.set_user_attr("recipe", text)
@@ -1062,9 +1117,13 @@ def set_up(
             figure = verdict.get("latency_ratio")
             found = f"{figure:.2f}x the baseline's latency" if figure else verdict["error"]
             say(f"  quantize:{mode}: {found}" + ("" if verdict["kept"] else ", left out"))
+        if reference["probe"].get("int8-static", {}).get("kept") and not trialist.graph_only:
+            say("finding the layers int8 hurts most")
+            reference["fallback"] = int8_fallback(trialist, say)
     study.set_user_attr("baseline", reference)
     if settings.trials >= WARM_START_MIN_TRIALS and not trialist.graph_only:
-        for params in warm_start(settings, workload.task, trialist.transformer):
+        fallback = bool(reference.get("fallback"))
+        for params in warm_start(settings, workload.task, trialist.transformer, fallback):
             study.enqueue_trial(within_probe(params, reference.get("probe")), skip_if_exists=True)
     return reference
 
