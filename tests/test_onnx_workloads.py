@@ -86,13 +86,10 @@ def test_an_onnx_workload_is_quantized_keeping_its_outputs(sklearn_onnx, tmp_pat
         assert not (run / "model.safetensors").exists()  # no PyTorch weights to write
 
 
-def test_an_onnx_workload_is_searched_over_quantization_and_exported(
-    sklearn_onnx, tmp_path, capsys
-):
+def search_and_export(toml, run):
+    """A 3-trial search of an ONNX workload draws quantization only; its pick exports with parity."""
     import json
 
-    folder, _ = sklearn_onnx
-    toml, run = write(folder), tmp_path / "search"
     args = ["search", str(toml), "--trials", "3", "--out", str(run), "--trial-seconds", "0.05"]
     assert main([*args, "--sampler", "random", "--max-drop", "5"]) == 0
     trials = json.loads((run / "results.json").read_text())["trials"]
@@ -102,6 +99,15 @@ def test_an_onnx_workload_is_searched_over_quantization_and_exported(
     assert record["parity"]["metric"]["exported"] == pytest.approx(
         record["parity"]["metric"]["recorded"], abs=0.005
     )
+
+
+def test_an_onnx_workload_is_searched_over_quantization_and_exported(
+    sklearn_onnx, tmp_path, capsys
+):
+
+    folder, _ = sklearn_onnx
+    toml, run = write(folder), tmp_path / "search"
+    search_and_export(toml, run)
     capsys.readouterr()
     assert main(["export", str(run), "--format", "safetensors"]) == 2
     assert "is an ONNX graph, with no PyTorch weights" in capsys.readouterr().err
@@ -216,15 +222,7 @@ def test_an_onnx_model_with_two_inputs_is_profiled_searched_and_exported(
     profile = json.loads((tmp_path / "profile.json").read_text())["profile"]
     assert profile["input_shapes"] == [[1, 10], [1, 10]]
     assert profile["macs"] == 20 * 16 + 16 * 1  # two MatMuls behind ai.onnx.ml Scalers
-    args = ["search", toml, "--trials", "3", "--out", str(run), "--trial-seconds", "0.05"]
-    assert main([*args, "--sampler", "random", "--max-drop", "5"]) == 0
-    trials = json.loads((run / "results.json").read_text())["trials"]
-    assert len(trials) == 3 and all(t["recipe"].startswith("quantize") for t in trials)
-    assert main(["export", str(run)]) == 0
-    record = json.loads((run / "export" / "onnx" / "export.json").read_text())
-    assert record["parity"]["metric"]["exported"] == pytest.approx(
-        record["parity"]["metric"]["recorded"], abs=0.005
-    )
+    search_and_export(toml, run)
 
 
 def test_a_callable_gives_inputs_in_the_order_the_toml_names(two_input_onnx, tmp_path):

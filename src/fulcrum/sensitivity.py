@@ -123,10 +123,11 @@ def analyse(
 ) -> Sensitivity:
     """Measure every layer's sensitivity to pruning and to int8, and its share of the cost."""
     from fulcrum import measure
-    from fulcrum.compression import compress, deployed, output_of
+    from fulcrum.compression import compress, deployed, onnx_bytes, output_of
     from fulcrum.evaluation import evaluate_workload
     from fulcrum.metrics import MAIN_METRIC
-    from fulcrum.runtimes import OnnxModel, default_threads
+    from fulcrum.runtimes import default_threads
+    from fulcrum.techniques import Candidate
 
     say = progress or (lambda _m: None)
     threads = threads or default_threads()
@@ -208,11 +209,7 @@ def analyse(
     other = None
     if latency:
         say("timing every node with ONNX Runtime's profiler")
-        graph_bytes = (
-            model.proto().SerializeToString()
-            if isinstance(model, OnnxModel)
-            else _float_graph(model, workload)
-        )
+        graph_bytes = onnx_bytes(Candidate.of(model), workload.example_inputs)
         shares, other = latency_shares(
             graph_bytes, workload.example_inputs, [la.name for la in layers], threads
         )
@@ -229,13 +226,6 @@ def analyse(
         latency_other=other,
         seconds=round(time.perf_counter() - start, 1),
     )
-
-
-def _float_graph(model: nn.Module, workload: Workload) -> bytes:
-    from fulcrum.compression import onnx_bytes
-    from fulcrum.techniques import Candidate
-
-    return onnx_bytes(Candidate.of(model), workload.example_inputs)
 
 
 def _count(workload: Workload) -> int:
