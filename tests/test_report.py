@@ -86,6 +86,41 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert shot.stat().st_size > 50_000
 
 
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)"
+)
+def test_the_report_plots_the_layer_sensitivity_of_the_search(run_dir, tmp_path):
+    """A search's sensitivity analysis (results.json "sensitivity") is drawn: a heat map of
+    points lost per layer and ratio, and each layer's share of MACs and time."""
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    result = json.loads((folder / "results.json").read_text())
+    layer = {"kind": "Linear", "params": 10, "macs": 10, "channels": 16, "saved": {}}
+    result["sensitivity"] = {
+        "workload": "w", "metric": "accuracy", "baseline": 0.9, "samples": 24,
+        "ratios": [0.25, 0.5], "int8_metric": 0.8, "latency_other": 0.1, "seconds": 1.0,
+        "layers": [
+            {**layer, "name": "fc1", "mac_share": 0.7, "prune": {"0.25": 0.9, "0.5": 0.7},
+             "prune_error": None, "float_metric": 0.85, "latency_share": 0.6},
+            {**layer, "name": "fc2", "mac_share": 0.3, "prune": {"0.25": 0.88, "0.5": 0.8},
+             "prune_error": None, "float_metric": 0.8, "latency_share": 0.3},
+        ],
+    }  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(result))
+    assert main(["report", str(folder)]) == 0
+    url = (folder / "report.html").resolve().as_uri()
+    dom = subprocess.run(
+        ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+         "--virtual-time-budget=8000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert 'data-rendered="charts"' in dom and "Layer sensitivity" in dom
+    heat = dom[dom.find('id="chart-prune"') : dom.find('id="chart-cost"')]
+    bars = dom[dom.find('id="chart-cost"') : dom.find("<h2>All trials")]
+    assert 'class="main-svg"' in heat and "pruning one layer alone: points lost" in heat
+    assert 'class="main-svg"' in bars and "time share %" in bars
+
+
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "results.json is missing" in capsys.readouterr().err

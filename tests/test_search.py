@@ -55,6 +55,10 @@ SLOW_DATA = textwrap.dedent(
 
     def slow():
         return {"train": Slow(48, 0, 0.01), "val": Slow(24, 1, 0.01)}
+
+
+    def roomy():  # enough training data for a holdout (10%, at least 8 samples)
+        return {"train": Slow(160, 0, 0.0), "val": Slow(24, 1, 0.0)}
     '''
 )
 
@@ -62,7 +66,7 @@ SLOW_DATA = textwrap.dedent(
 @pytest.fixture
 def search_dir(tmp_path):
     (tmp_path / "slowcode.py").write_text(SLOW_DATA)
-    for name in ("fast", "slow"):
+    for name in ("fast", "slow", "roomy"):
         (tmp_path / f"{name}.toml").write_text(
             f'task = "multiclass"\nmodel = "slowcode:make_model"\ndata = "slowcode:{name}"\n'
         )
@@ -540,7 +544,7 @@ def test_the_probe_leaves_out_quantization_modes_that_are_slower(search_dir, mon
     assert drawn == {"fp16"}  # the warm start's int8 became fp16, and nothing slower was drawn
 
 
-def test_static_int8_draws_how_many_hurt_layers_stay_in_float(monkeypatch):
+def test_static_int8_draws_how_many_hurt_layers_stay_in_float():
     """The layers int8 hurts most (by the sensitivity analysis) become a search dimension: the
     first k of them are left in float; the warm start keeps the worst one in float."""
     from optuna.trial import FixedTrial
@@ -555,10 +559,8 @@ def test_static_int8_draws_how_many_hurt_layers_stay_in_float(monkeypatch):
         sensitivity.LayerSensitivity("conv2", "Conv2d", 10, 10, 0.1, float_metric=0.93),
     ]
     found = sensitivity.Sensitivity("w", "accuracy", 1.0, 100, [], 0.90, layers, None, 1.0)
-    monkeypatch.setattr(sensitivity, "analyse", lambda *a, **k: found)
     said: list[str] = []
-    trialist = type("T", (), {"workload": None, "threads": 1})()
-    chosen = int8_fallback(trialist, said.append)
+    chosen = int8_fallback(found, said.append)
     assert [c["layer"] for c in chosen] == ["conv0", "conv2"]  # conv1 wins back only 0.5 pt
     assert "int8-static loses 10.00 pt" in said[0]
 
@@ -576,4 +578,117 @@ def test_static_int8_draws_how_many_hurt_layers_stay_in_float(monkeypatch):
     first = warm_start(settings, "multiclass", False, fallback=True)[0]
     assert recipe_text(suggest_recipe(FixedTrial(first), settings, fallback=fallback)).endswith(
         "skip=conv0"
+    )
+
+
+def test_a_recovery_that_cannot_reach_the_budget_stops_after_a_screening_epoch():
+    """Multi-fidelity: after each epoch from the second, the most an earlier recovery gained
+    from there on is added; if the budget is still out of reach, the recovery stops."""
+    from fulcrum.study import budget_floor, hopeless
+
+    seen = [[0.80, 0.90, 0.95], [0.70, 0.85, 0.90], [0.90, 0.92, 0.93]]
+    floor = budget_floor(0.98, SearchSettings(max_drop=1.0))
+    assert floor == pytest.approx(0.97)
+    reason = hopeless([0.70, 0.85], seen, floor)  # 0.85 + 0.05 + slack < 0.97
+    assert "holdout 0.8500 after 2 epochs" in reason and "0.0500" in reason
+    assert hopeless([0.80, 0.92], seen, floor) == ""  # 0.92 + 0.05 + 0.005 reaches 0.97
+    assert hopeless([0.10], seen, floor) == ""  # one epoch is too short to judge
+    assert hopeless([0.70, 0.85], seen[:2], floor) == ""  # too few recoveries to learn from
+    assert hopeless([0.70, 0.85], seen, None) == ""  # no metric budget: nothing to miss
+    assert hopeless([0.6, 0.7, 0.75], seen, floor) == ""  # none of them recovered past 3 epochs
+
+
+def test_a_screened_out_recovery_is_recorded_as_pruned_with_its_curve(search_dir, monkeypatch):
+    from fulcrum import study
+
+    calls: list[list[float]] = []
+
+    def screen(curve, seen, floor):
+        calls.append(list(curve))
+        return "out of reach" if len(curve) == 2 else ""
+
+    monkeypatch.setattr(study, "hopeless", screen)
+    out = search_dir / "screened"
+    recovered = {"use_prune": True, "prune.ratio": 0.5, "prune.importance": "magnitude"}
+    recovered |= {"prune.global_pruning": False, "use_lowrank": False, "recovery": "finetune"}
+    recovered |= {"finetune.epochs": 3, "finetune.lr": 1e-3, "use_quantize": False}
+    study_ = _study(out)
+    study_.enqueue_trial(recovered)
+    # its one trial pruned, the search has nothing to pick: exit 1
+    assert main(["search", *search_args(search_dir, "roomy", out, "--trials", "1")]) == 1
+    trial = json.loads((out / "results.json").read_text())["trials"][0]
+    assert trial["state"] == "PRUNED" and trial["pruned"] == "out of reach"
+    assert len(trial["recovery_curve"]) == 2 and calls[-1] == trial["recovery_curve"]
+
+
+def test_a_trained_prefix_is_kept_on_disk_for_every_worker(tmp_path):
+    """A recipe prefix that took long (a recovery) is saved in the run folder; another process
+    (a new cache on the same folder) reuses it instead of training again."""
+    from torch.utils.data import DataLoader
+
+    from fulcrum.compression import PrefixCache, compress
+    from fulcrum.testing import tiny_data, tiny_mlp
+    from fulcrum.workloads import Workload
+
+    data = tiny_data((16,))
+    workload = Workload(
+        name="tiny",
+        task="multiclass",
+        model=tiny_mlp(),
+        train=DataLoader(data, batch_size=16),
+        val=DataLoader(tiny_data((16,), seed=1), batch_size=32),
+        calib=DataLoader(data, batch_size=16),
+        example_inputs=(data.tensors[0][:1],),
+        num_classes=4,
+    )
+    first = PrefixCache(tmp_path / "cache", costly=0.0)
+    trained = compress(workload.model, "prune:0.5 > finetune:epochs=1", workload, cache=first)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # both prefixes: costly=0
+    other = PrefixCache(tmp_path / "cache", costly=0.0)
+    said: list[str] = []
+    again = compress(
+        workload.model,
+        "prune:0.5 > finetune:epochs=1 > quantize:int8-dynamic",
+        workload,
+        cache=other,
+        progress=said.append,
+    )
+    assert said[0] == "reusing prune > finetune:epochs=1"
+    for a, b in zip(trained.model.parameters(), again.model.parameters(), strict=True):
+        assert a.shape == b.shape and bool((a == b).all())
+    (tmp_path / "cache" / "junk.pt").write_bytes(b"half written")
+    assert "missing" not in PrefixCache(tmp_path / "cache")
+    cheap = PrefixCache(tmp_path / "other")  # the default: only steps of a second or more
+    compress(workload.model, "prune:0.5", workload, cache=cheap)
+    assert not list((tmp_path / "other").glob("*.pt"))
+
+
+def test_a_drawn_allocation_strength_prunes_each_layer_by_its_sensitivity(search_dir):
+    """A search of 10 or more trials measures each layer's sensitivity once; a trial that draws
+    a non-zero ``prune.allocation`` prunes with per-layer ratios removing as many MACs."""
+    out = search_dir / "allocated"
+    allocated = {"use_prune": True, "prune.ratio": 0.5, "prune.importance": "magnitude"}
+    allocated |= {"prune.global_pruning": False, "prune.allocation": 2.0, "use_lowrank": False}
+    allocated |= {"recovery": "none", "use_quantize": False}
+    _study(out).enqueue_trial(allocated)
+    assert main(["search", *search_args(search_dir, "fast", out, "--trials", "10")]) == 0
+    result = json.loads((out / "results.json").read_text())
+    layers = result["sensitivity"]["layers"]
+    assert [la["name"] for la in layers] == ["0", "2"] and all(la["prune"] for la in layers)
+    first = result["trials"][0]
+    assert first["search_params"]["prune.allocation"] == 2.0
+    assert re.search(r"layer_ratios=0:[\d.]+\+2:[\d.]+", first["recipe"]), first["recipe"]
+    uniform = [t for t in result["trials"] if t["recipe"].startswith("prune:ratio=0.3 >")]
+    assert uniform and uniform[0]["search_params"]["prune.allocation"] == 0.0
+    assert (out / "sensitivity.json").is_file()
+
+
+def _study(out: Path):
+    import optuna
+
+    out.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(
+        study_name="fulcrum",
+        storage=f"sqlite:///{out / 'study.db'}",
+        directions=["maximize", "minimize", "minimize"],
     )

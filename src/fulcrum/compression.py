@@ -176,6 +176,82 @@ def compress(
     return candidate
 
 
+class PrefixCache(MutableMapping[str, Candidate]):
+    """``compress``'s cache of recipe prefixes for a search: the latest ``keep`` in memory, and
+    those whose last step took ``costly`` seconds or more (recovery training) also on disk in
+    ``folder``, where every worker of the run folder, and a resumed search, find them — a pruned
+    and recovered model is trained once per study folder, whichever process drew it first.
+
+    Files are written whole (to a temporary name, then renamed) and the newest ``on_disk`` are
+    kept. One that cannot be read (torch versions apart, a model class that cannot be pickled)
+    is a miss, never an error.
+    """
+
+    def __init__(
+        self, folder: Path, keep: int = 24, costly: float = 1.0, on_disk: int = 32
+    ) -> None:
+        self.folder, self.keep, self.costly, self.on_disk = folder, keep, costly, on_disk
+        self.memory: dict[str, Candidate] = {}
+
+    def _path(self, key: str) -> Path:
+        import hashlib
+
+        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
+
+    def __getitem__(self, key: str) -> Candidate:
+        if key in self.memory:
+            return self.memory[key]
+        path = self._path(key)
+        try:
+            saved = torch.load(path, weights_only=False)
+        except Exception:  # missing, half-written by a killed process, or from another torch
+            raise KeyError(key) from None
+        if not isinstance(saved, dict) or saved.get("key") != key:
+            raise KeyError(key)
+        self.memory[key] = saved["candidate"]
+        return saved["candidate"]
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __setitem__(self, key: str, candidate: Candidate) -> None:
+        if len(self.memory) >= self.keep:
+            self.memory.clear()
+        self.memory[key] = candidate
+        if not candidate.steps or candidate.steps[-1].seconds < self.costly:
+            return
+        import os
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        try:
+            torch.save({"key": key, "candidate": candidate}, partial)
+            partial.replace(path)
+        except Exception:  # a model that cannot be pickled stays in memory only
+            partial.unlink(missing_ok=True)
+            return
+        saved = sorted(self.folder.glob("*.pt"), key=lambda f: f.stat().st_mtime)
+        for old in saved[: max(0, len(saved) - self.on_disk)]:
+            old.unlink(missing_ok=True)
+
+    def __delitem__(self, key: str) -> None:
+        self.memory.pop(key, None)
+        self._path(key).unlink(missing_ok=True)
+
+    def __iter__(self) -> Any:
+        return iter(self.memory)
+
+    def __len__(self) -> int:
+        return len(self.memory)
+
+
 def deployed(
     candidate: Candidate, threads: int | None = None, output: str | None = None
 ) -> nn.Module | OnnxModel:

@@ -118,16 +118,22 @@ def analyse(
     prune: bool = True,
     quantize: bool = True,
     latency: bool = True,
+    prune_layers: int | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Sensitivity:
-    """Measure every layer's sensitivity to pruning and to int8, and its share of the cost."""
+    """Measure every layer's sensitivity to pruning and to int8, and its share of the cost.
+
+    ``prune_layers`` bounds the pruning part (a pruning and an evaluation per layer and ratio)
+    to that many layers, those with the most MACs; the others get no curve, and an allocation
+    leaves them unpruned."""
     from fulcrum import measure
-    from fulcrum.compression import compress, deployed, onnx_bytes, output_of
+    from fulcrum.compression import compress, context_of, deployed, onnx_bytes, output_of
     from fulcrum.evaluation import evaluate_workload
     from fulcrum.metrics import MAIN_METRIC
-    from fulcrum.runtimes import default_threads
-    from fulcrum.techniques import Candidate
+    from fulcrum.runtimes import default_threads, torch_threads
+    from fulcrum.techniques import Candidate, get
+    from fulcrum.techniques.quantize import QuantizeConfig
 
     say = progress or (lambda _m: None)
     threads = threads or default_threads()
@@ -175,8 +181,10 @@ def analyse(
             if row.kind in ("Conv", "MatMul", "Gemm")
         ]
     if prune:
-        for i, layer in enumerate(layers):
-            say(f"pruning {layer.name} alone ({i + 1}/{len(layers)})")
+        costly = sorted(layers, key=lambda la: -la.macs)[: prune_layers or len(layers)]
+        chosen = [la for la in layers if la in costly]
+        for i, layer in enumerate(chosen):
+            say(f"pruning {layer.name} alone ({i + 1}/{len(chosen)})")
             for ratio in ratios:
                 recipe = f"prune:ratio=0.0,layer_ratios={layer.name}:{ratio}"
                 try:
@@ -189,27 +197,38 @@ def analyse(
                 after = measure.torch_compute(pruned, workload.example_inputs)[0]
                 layer.saved[str(ratio)] = round(1 - after / total_macs, 6) if total_macs else 0.0
     int8_metric = None
+    # the float graph, exported once (the export costs more than quantizing it): every int8
+    # variant quantizes this graph, as quantize does after a graph step
+    graph_bytes = (
+        onnx_bytes(Candidate.of(model), workload.example_inputs) if quantize or latency else b""
+    )
     if quantize:
         say("quantizing every layer to int8")
+        exported = replace(Candidate.of(model), onnx=graph_bytes, runtime="onnxruntime")
+        ctx = context_of(workload, threads=threads)
+
+        def int8(skip: tuple[str, ...]) -> Any:
+            return get("quantize").apply(QuantizeConfig(skip=skip), exported, ctx)
+
         try:
-            all_int8 = compress(model, "quantize:int8-static", workload, threads=threads)
+            with torch_threads(threads):
+                all_int8 = int8(())
         except FulcrumError as exc:
             log.warning("sensitivity: int8-static does not apply (%s)", first_line(exc))
         else:
             int8_metric = round(metric(deployed(all_int8, threads, output)), 6)
             for i, layer in enumerate(layers):
                 say(f"int8 with {layer.name} left in float ({i + 1}/{len(layers)})")
-                recipe = f"quantize:int8-static,skip={layer.name}"
                 try:
-                    candidate = compress(model, recipe, workload, threads=threads)
+                    with torch_threads(threads):
+                        candidate = int8((layer.name,))
                 except FulcrumError as exc:
-                    log.info("sensitivity: %s: %s", recipe, first_line(exc))
+                    log.info("sensitivity: int8 without %s: %s", layer.name, first_line(exc))
                     continue
                 layer.float_metric = round(metric(deployed(candidate, threads, output)), 6)
     other = None
     if latency:
         say("timing every node with ONNX Runtime's profiler")
-        graph_bytes = onnx_bytes(Candidate.of(model), workload.example_inputs)
         shares, other = latency_shares(
             graph_bytes, workload.example_inputs, [la.name for la in layers], threads
         )

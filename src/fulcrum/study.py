@@ -39,6 +39,7 @@ from fulcrum.errors import ConfigError, FulcrumError, MissingDependencyError, fi
 from fulcrum.runtimes import keeps_caller_state
 
 if TYPE_CHECKING:
+    from fulcrum.sensitivity import Sensitivity
     from fulcrum.workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def suggest_recipe(
     graph_only: bool = False,
     modes: Sequence[str] | None = None,
     fallback: Sequence[str] = (),
+    allocate: Callable[[float, float], tuple[str, ...]] | None = None,
 ) -> tuple[Any, ...]:
     """A recipe drawn from the technique registry's spaces, in the one order that works.
 
@@ -137,6 +139,9 @@ def suggest_recipe(
     drawn for transformers (what they act on). An ONNX workload (``graph_only``) has no PyTorch
     model to train: only quantization is drawn. ``modes`` narrows the quantization modes drawn
     (the probe's verdict: the modes that made this model faster); empty, no quantization.
+    ``allocate(ratio, strength)`` (from the sensitivity analysis) turns a drawn pruning ratio
+    into per-layer ratios that remove as many MACs, steered by the drawn ``prune.allocation``
+    strength (0: the same ratio everywhere).
     """
     from fulcrum.techniques import get
 
@@ -151,7 +156,13 @@ def suggest_recipe(
     if transformer and trial.suggest_categorical("use_heads", [False, True]):
         steps.append(get("heads").space(trial))  # fewer heads and feed-forward channels
     if trial.suggest_categorical("use_prune", [True, False]):
-        steps.append(get("prune").space(trial))
+        prune: Any = get("prune").space(trial)
+        if allocate is not None:
+            strength = trial.suggest_categorical("prune.allocation", list(ALLOCATION_STRENGTHS))
+            if strength:
+                ratios = allocate(prune.ratio, strength)
+                prune = replace(prune, ratio=0.0, global_pruning=False, layer_ratios=ratios)
+        steps.append(prune)
     if trial.suggest_categorical("use_lowrank", [False, True]):
         steps.append(get("lowrank").space(trial))
     if steps:  # something lossy happened: recover, or not
@@ -190,14 +201,13 @@ FALLBACK_GAIN = 0.002
 FALLBACK_LAYERS = 2
 
 
-def int8_fallback(trialist: Trialist, say: Callable[[str], None]) -> list[dict[str, Any]]:
-    """The layers static int8 hurts most, measured on the baseline: int8 everywhere, then int8
-    with each layer alone left in float (``fulcrum.sensitivity``, no pruning, no timing)."""
-    from fulcrum import sensitivity
+# how strongly the sensitivity analysis steers pruning ratios per layer (0: uniform)
+ALLOCATION_STRENGTHS = (0.0, 1.0, 2.0)
 
-    found = sensitivity.analyse(
-        trialist.workload, prune=False, latency=False, threads=trialist.threads
-    )
+
+def int8_fallback(found: Sensitivity, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The layers static int8 hurts most, from the sensitivity analysis of the baseline: int8
+    everywhere, then int8 with each layer alone left in float."""
     if found.int8_metric is None:
         return []
     gains = sorted(
@@ -239,15 +249,19 @@ class Narrowed:
         return getattr(self.trial, name)
 
 
-def within_probe(params: dict[str, Any], probe: dict[str, Any] | None) -> dict[str, Any]:
+def within_probe(params: dict[str, Any], probe: dict[str, Any] | None) -> dict[str, Any] | None:
     """A warm-start recipe with its quantization mode replaced by the fastest mode the probe
-    kept (or without quantization when it kept none)."""
+    kept, or without quantization when it kept none (None when nothing else is left: the
+    baseline itself is measured already)."""
     mode = params.get("quantize.mode")
     if not probe or mode is None or probe.get(mode, {}).get("kept"):
         return params
     kept = sorted((v["latency_ratio"], m) for m, v in probe.items() if v["kept"])
     narrowed = {k: v for k, v in params.items() if not k.startswith("quantize.")}
-    return {**narrowed, "quantize.mode": kept[0][1]} if kept else narrowed
+    if kept:
+        return {**narrowed, "quantize.mode": kept[0][1]}
+    steps = ("use_layers", "use_heads", "use_prune", "use_lowrank", "use_fuse")
+    return {**narrowed, "use_quantize": False} if any(narrowed.get(k) for k in steps) else None
 
 
 def probe_quantization(trialist: Trialist) -> dict[str, dict[str, Any]]:
@@ -338,6 +352,7 @@ def warm_start(
             "prune.ratio": ratio,
             "prune.importance": "magnitude",
             "prune.global_pruning": False,
+            "prune.allocation": 0.0,  # uniform (when the sensitivity analysis offers more)
             "use_lowrank": False,
             **recovery,
             "use_quantize": True,
@@ -629,7 +644,10 @@ class Trialist:
         self.store = store  # the study's artifact store (``fulcrum.artifacts``), if it has one
         self.reference = reference  # the study's baseline figures (the first process measured them)
         self.progress = progress or (lambda _m: None)
-        self.cache: dict[str, Any] = {}
+        from fulcrum.compression import PrefixCache
+
+        self.cache = PrefixCache(run_dir / "cache")  # trained prefixes shared by the workers
+        self.allocations: dict[tuple[float, float], tuple[str, ...]] = {}
         self.runner = baseline_runner(workload, settings, threads)
         import torch
 
@@ -639,6 +657,24 @@ class Trialist:
             workload.model
         )
         self.graph_only = not isinstance(workload.model, torch.nn.Module)  # an ONNX workload
+
+    def allocatable(self) -> bool:
+        """Whether the study's sensitivity analysis measured pruning curves to allocate from."""
+        found = self.reference.get("sensitivity") or {}
+        return any(layer.get("prune") for layer in found.get("layers", []))
+
+    def allocate(self, ratio: float, strength: float) -> tuple[str, ...]:
+        """Per-layer ratios removing the MACs ``prune:ratio`` removes, steered by sensitivity
+        with ``strength`` (``sensitivity.matched``); computed once per (ratio, strength)."""
+        from fulcrum import sensitivity
+
+        key = (ratio, strength)
+        if key not in self.allocations:
+            found = sensitivity.Sensitivity.from_dict(self.reference["sensitivity"])
+            self.allocations[key] = sensitivity.matched(
+                self.workload, found, ratio, strength, threads=self.threads
+            )
+        return self.allocations[key]
 
     def objective(
         self, trial: Any, wait: Callable[[], None] = lambda: time.sleep(1.0)
@@ -672,6 +708,7 @@ class Trialist:
             graph_only=self.graph_only,
             modes=[m for m, v in probe.items() if v["kept"]] if probe else None,
             fallback=[f["layer"] for f in self.reference.get("fallback", [])],
+            allocate=self.allocate if self.allocatable() else None,
         )
         text = recipe_text(recipe)
         trial.set_user_attr("recipe", text)
@@ -695,13 +732,18 @@ class Trialist:
                 trial.set_constraint(key, value)
             return list(earlier.values)
         floor = self.reference["metric"] - max(0.2, 5 * (settings.max_drop or 1.0) / 100)
+        curve: list[float] = []  # the recovery's holdout metric after each epoch
+        seen = recovery_curves(trial.study)
 
         def cut_short(epoch: int, value: float) -> None:
+            curve.append(round(value, 6))
+            trial.set_user_attr("recovery_curve", curve)
             if epoch >= 1 and value < floor:  # still collapsed after two epochs of recovery
                 raise optuna.TrialPruned(f"holdout {value:.3f} after {epoch + 1} epochs")
+            reason = hopeless(curve, seen, budget_floor(self.reference["metric"], settings))
+            if reason:
+                raise optuna.TrialPruned(reason)
 
-        if len(self.cache) > 24:
-            self.cache.clear()
         candidate = compress(
             workload.model,
             recipe,
@@ -760,6 +802,57 @@ class Trialist:
         return [values[o] for o in settings.objectives]
 
 
+# multi-fidelity recovery: a recovery is screened after each epoch from the second on, once
+# this many earlier trials have recovered to the end
+SCREEN_AFTER = 3
+SCREEN_SLACK = 0.005  # the screen's allowance for noise (0.5 pt of the main metric)
+
+
+def recovery_curves(study: Any) -> list[list[float]]:
+    """The holdout curves of the study's trials whose recovery ran to its end."""
+    from optuna.trial import TrialState
+
+    return [
+        t.user_attrs["recovery_curve"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(t.user_attrs.get("recovery_curve", [])) >= 2
+    ]
+
+
+def budget_floor(baseline_metric: float, settings: SearchSettings) -> float | None:
+    """The lowest main metric within ``--max-drop`` (None without one)."""
+    if settings.max_drop is None:
+        return None
+    allowed = settings.max_drop / 100
+    return baseline_metric - (baseline_metric * allowed if settings.relative else allowed)
+
+
+def hopeless(curve: Sequence[float], seen: Sequence[Sequence[float]], floor: float | None) -> str:
+    """Why a recovery should stop now, or "" to go on: a short recovery screens, and only
+    candidates that can still reach the metric budget recover in full (multi-fidelity).
+
+    After epoch e (from the second), the most any earlier trial's recovery gained from its own
+    epoch e to its end, plus a slack, is added to this one's holdout metric; if even that stays
+    under the budget's floor, further epochs cannot bring the candidate within budget. With
+    fewer than ``SCREEN_AFTER`` finished recoveries to learn from, nothing is screened. The
+    holdout is carved from the baseline's training data, so it reads higher than validation
+    and the screen errs on the side of going on.
+    """
+    epoch = len(curve) - 1
+    if floor is None or epoch < 1:
+        return ""
+    longer = [c for c in seen if len(c) > epoch + 1]
+    if len(longer) < SCREEN_AFTER:
+        return ""
+    gain = max(0.0, max(max(c[epoch + 1 :]) - c[epoch] for c in longer))
+    if curve[-1] + gain + SCREEN_SLACK >= floor:
+        return ""
+    return (
+        f"holdout {curve[-1]:.4f} after {epoch + 1} epochs; the most an earlier recovery gained "
+        f"from there was {gain:.4f}, short of the budget's {floor:.4f}"
+    )
+
+
 def same_recipe(trial: Any, text: str, wait: Callable[[], None]) -> Any:
     """The earlier trial of the study whose figures stand for this one's recipe ``text``, if any.
 
@@ -792,13 +885,9 @@ def violations(
 ) -> dict[str, float]:
     """Per-constraint amounts over the limit (<= 0 when met): the drop, then each budget."""
     out = {}
-    if settings.max_drop is not None:
-        allowed = (
-            baseline_metric * settings.max_drop / 100
-            if settings.relative
-            else settings.max_drop / 100
-        )
-        out["drop"] = round(baseline_metric - values["metric"] - allowed, 6)
+    floor = budget_floor(baseline_metric, settings)
+    if floor is not None:
+        out["drop"] = round(floor - values["metric"], 6)
     for key, limit in settings.limits().items():
         out[key] = round((values[key] - limit) / limit, 6)
     return out
@@ -1117,15 +1206,61 @@ def set_up(
             figure = verdict.get("latency_ratio")
             found = f"{figure:.2f}x the baseline's latency" if figure else verdict["error"]
             say(f"  quantize:{mode}: {found}" + ("" if verdict["kept"] else ", left out"))
-        if reference["probe"].get("int8-static", {}).get("kept") and not trialist.graph_only:
-            say("finding the layers int8 hurts most")
-            reference["fallback"] = int8_fallback(trialist, say)
+    if settings.trials >= WARM_START_MIN_TRIALS and not trialist.graph_only:
+        analyse_layers(trialist, reference, say)
     study.set_user_attr("baseline", reference)
     if settings.trials >= WARM_START_MIN_TRIALS and not trialist.graph_only:
         fallback = bool(reference.get("fallback"))
         for params in warm_start(settings, workload.task, trialist.transformer, fallback):
-            study.enqueue_trial(within_probe(params, reference.get("probe")), skip_if_exists=True)
+            kept = within_probe(params, reference.get("probe"))
+            if kept is not None:
+                study.enqueue_trial(kept, skip_if_exists=True)
     return reference
+
+
+# the search's sensitivity analysis: validation samples, and the layers (most MACs first) whose
+# pruning curves it measures (3 prunings and evaluations each)
+SENSITIVITY_SAMPLES = 256
+SENSITIVITY_PRUNE_LAYERS = 24
+
+
+def analyse_layers(
+    trialist: Trialist, reference: dict[str, Any], say: Callable[[str], None]
+) -> None:
+    """The sensitivity analysis of the baseline (``fulcrum.sensitivity``), once per study: each
+    layer pruned alone (for the allocation of pruning ratios; not for transformers, whose
+    structure is searched by heads and layers) and int8 with each layer alone in float (for the
+    fallback dimension, when int8-static is in the space). Kept in the study, so that every
+    machine sees it, and in the run folder's ``sensitivity.json``; the report plots it."""
+    from fulcrum import sensitivity
+
+    settings = trialist.settings
+    probe = reference.get("probe")
+    int8 = settings.runtime == "onnxruntime" and (
+        probe is None or bool(probe.get("int8-static", {}).get("kept"))
+    )
+    prune = not trialist.transformer
+    if not (int8 or prune):
+        return
+    say(
+        "measuring each layer's sensitivity"
+        + (" to pruning" if prune else "")
+        + (" and int8" if int8 else "")
+    )
+    found = sensitivity.cached(
+        trialist.workload,
+        trialist.run_dir,
+        threads=trialist.threads,
+        prune=prune,
+        quantize=int8,
+        latency=settings.runtime == "onnxruntime",
+        samples=SENSITIVITY_SAMPLES,
+        prune_layers=SENSITIVITY_PRUNE_LAYERS,
+        progress=lambda m: log.info("sensitivity: %s", m),
+    )
+    reference["sensitivity"] = found.to_dict()
+    if found.int8_metric is not None:
+        reference["fallback"] = int8_fallback(found, say)
 
 
 @keeps_caller_state("workload.model")

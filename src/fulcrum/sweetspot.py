@@ -212,6 +212,8 @@ def conclude(
         # which quantization modes made the baseline faster, measured before the trials
         "probe": reference.get("probe"),
         "fallback": reference.get("fallback"),
+        # each layer pruned alone and left in float under int8 (``fulcrum.sensitivity``)
+        "sensitivity": reference.get("sensitivity"),
         "trials": [_trial_record(t) for t in study.get_trials(deepcopy=False)],
         "frontier": [{"trial": p.key, **p.values, **p.data} for p in front],
         "pick": {
