@@ -5,6 +5,7 @@ and the references are evaluated and timed side by side with the baseline, inter
 process, on ONNX Runtime at batch 1 and 32:
 - ONNX Runtime's own default static int8 quantization of the baseline (no Fulcrum settings),
   calibrated on the same calibration batches;
+- the baseline in eager fp32 PyTorch (timed only: each row's ``speedup_b1_vs_eager_torch``);
 - with ``--references full`` (the default on `digits`) also the best single-technique recipe
   (each technique alone, picked by the same policy) and uniform 50% pruning with fine-tuning.
 Prints a table and writes JSON to benchmarks/results/search-<workload>-<sampler>.json.
@@ -22,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from fulcrum import timing
 from fulcrum.compression import compress, onnx_bytes
@@ -152,8 +155,14 @@ def main() -> None:
         models["best single technique"] = singles[best]
         recipes["best single technique"] = best
 
+    # eager fp32 PyTorch (the model as trained, before any runtime) timed in the same loop
+    eager = (
+        {"eager torch fp32": workload.model.eval()}
+        if isinstance(workload.model, torch.nn.Module)
+        else {}
+    )
     times = timing.compare_latency(
-        {k: OnnxModel(v, threads, output) for k, v in models.items()},
+        {k: OnnxModel(v, threads, output) for k, v in models.items()} | eager,
         workload.example_inputs,
         batch_sizes=(1, 32),
         threads=threads,
@@ -190,6 +199,18 @@ def main() -> None:
             f"b1 {r['latency_b1_ms']:.3f} ms (x{r['speedup_b1']}) b32 {r['latency_b32_ms']:.3f} ms "
             f"(x{r['speedup_b32']})  {r['recipe']}"
         )
+    eager_torch = {
+        f"latency_b{b}_ms": times[("eager torch fp32", b)].median_ms for b in (1, 32) if eager
+    }
+    if eager:
+        print(
+            f"{'eager torch fp32':<22} (the baseline in PyTorch) b1 {eager_torch['latency_b1_ms']:.3f} ms "
+            f"b32 {eager_torch['latency_b32_ms']:.3f} ms"
+        )
+        for r in rows:
+            r["speedup_b1_vs_eager_torch"] = round(
+                eager_torch["latency_b1_ms"] / r["latency_b1_ms"], 2
+            )
     sweet = next((r for r in rows if r["model"] == "sweet spot"), None)
     verdicts = {}
     for r in rows:
@@ -219,6 +240,7 @@ def main() -> None:
         "max_drop_pt": args.max_drop,
         "pick": result["pick"],
         "rows": rows,
+        "eager_torch_fp32": eager_torch,
         "sweet_spot_beats": verdicts,
         "environment": result["environment"],
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
