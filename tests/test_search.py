@@ -512,14 +512,15 @@ def test_ctrl_c_while_a_worker_starts_ends_the_search_without_a_traceback(search
 
 
 def test_the_probe_leaves_out_quantization_modes_that_are_slower(search_dir, monkeypatch):
-    """The timings of the modes are set (dynamic int8 3x and static int8 1.2x slower than fp32,
-    fp16 2x faster), so that the verdict does not depend on this machine."""
+    """The timings of the modes are set (dynamic int8 3x slower than fp32, static int8 3% faster:
+    within this machine's noise; fp16 2x faster), so that the verdict does not depend on this
+    machine."""
     import dataclasses
 
     from fulcrum import timing
 
     real = timing.compare_latency
-    factors = {"int8-dynamic": 3.0, "int8-static": 1.2, "fp16": 0.5}
+    factors = {"int8-dynamic": 3.0, "int8-static": 0.97, "fp16": 0.5}
 
     def timed(runners, *args, **kwargs):
         times = real(runners, *args, **kwargs)
@@ -538,7 +539,7 @@ def test_the_probe_leaves_out_quantization_modes_that_are_slower(search_dir, mon
     probe = result["probe"]
     assert probe["int8-dynamic"] == {"kept": False, "latency_ratio": 3.0}
     assert probe["fp16"] == {"kept": True, "latency_ratio": 0.5}
-    assert probe["int8-static"] == {"kept": False, "latency_ratio": 1.2}
+    assert probe["int8-static"] == {"kept": False, "latency_ratio": 0.97}
     quantized = [t["recipe"] for t in result["trials"] if "quantize" in t["recipe"]]
     drawn = {(re.search(r"mode=([\w-]+)", r) or ["", "int8-static"])[1] for r in quantized}
     assert drawn == {"fp16"}  # the warm start's int8 became fp16, and nothing slower was drawn
