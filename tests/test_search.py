@@ -359,6 +359,7 @@ def test_a_recipe_drawn_twice_is_measured_once(search_dir):
                 "quantize",  # int8-static, the default mode
                 "prune:ratio=0.3 > finetune:epochs=3 > quantize",
                 "prune > finetune:epochs=3 > quantize",
+                "prune:ratio=0.7 > distill:epochs=10 > quantize",  # allocated, in a search
             ],
         ),
         (
