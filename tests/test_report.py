@@ -121,6 +121,29 @@ def test_the_report_plots_the_layer_sensitivity_of_the_search(run_dir, tmp_path)
     assert 'class="main-svg"' in bars and "time share %" in bars
 
 
+def test_the_card_lists_every_metric_beside_the_baseline(run_dir, tmp_path):
+    """A forecaster's sweet spot is judged on MAE against the seasonal-naive forecast: the card
+    (also in report.html) shows every metric of the task, baseline beside sweet spot."""
+    from fulcrum.report import card
+
+    result = json.loads((run_dir / "results.json").read_text())
+    text = card(result, run_dir)
+    assert "| every metric | baseline | sweet spot |" in text and "| accuracy |" in text
+    chosen = next(
+        t for t in result["trials"] if str(t["number"]) == str(result["pick"]["point"]["trial"])
+    )
+    result["baseline"]["metrics"] = {
+        "mae": 0.411,
+        "r2": 0.9879,
+        "naive_mae": 1.66,
+        "mae_vs_naive": 0.2476,
+    }
+    chosen["metrics"] = {"mae": 0.478, "r2": 0.9845, "naive_mae": 1.66, "mae_vs_naive": 0.2879}
+    text = card(result, run_dir)
+    assert "| mae | 0.411 | 0.478 |" in text and "| naive_mae | 1.66 | 1.66 |" in text
+    assert "| mae_vs_naive | 0.2476 | 0.2879 |" in text
+
+
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "results.json is missing" in capsys.readouterr().err

@@ -116,6 +116,24 @@ def pareto_png(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _all_metrics(base: dict[str, Any], pick: dict[str, Any]) -> list[str]:
+    """Every metric the task reports, baseline beside sweet spot (for a forecaster, its MAE
+    beside the seasonal-naive forecast's, ``naive_mae``, and their ratio ``mae_vs_naive``)."""
+    names = [k for k, v in base.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    if not names:
+        return []
+
+    def shown(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+    return [
+        "| every metric | baseline | sweet spot |",
+        "| --- | --- | --- |",
+        *[f"| {n} | {shown(base[n])} | {shown(pick.get(n))} |" for n in names],
+        "",
+    ]
+
+
 def card(result: dict[str, Any], run_dir: Path) -> str:
     """The sweet spot's model card, in Markdown."""
     pick, base = result["pick"]["point"], result["baseline"]
@@ -161,6 +179,7 @@ def card(result: dict[str, Any], run_dir: Path) -> str:
         f"| MACs | {base['macs']:,} | {int(pick['macs']):,} | {base['macs'] / max(pick['macs'], 1):.2f}x fewer |",
         f"| parameters | {base['params']:,} | {int(pick['params']):,} | |",
         "",
+        *_all_metrics(base.get("metrics") or {}, trial.get("metrics") or {}),
         f"Why this one: {result['pick']['reason']}",
         "",
         "## Intended runtime",
