@@ -1,4 +1,5 @@
-"""Shared fixtures: a private cache for trained baselines, and a tiny user workload on disk."""
+"""Shared fixtures: a private cache for trained baselines, a tiny user workload on disk, and
+the search tests' workloads."""
 
 from __future__ import annotations
 
@@ -60,3 +61,58 @@ def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def module_of(user_dir: Path) -> str:
     return next(p.stem for p in user_dir.glob("usercode_*.py"))
+
+
+SLOW_DATA = textwrap.dedent(
+    '''
+    import time
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+
+    class Slow(Dataset):
+        """Tiny, but slow enough per item that a trial lasts a few seconds."""
+
+        def __init__(self, n, seed, delay):
+            g = torch.Generator().manual_seed(seed)
+            self.x = torch.randn(n, 6, generator=g)
+            self.y = (self.x[:, 0] > 0).long()
+            self.delay = delay
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            time.sleep(self.delay)
+            return self.x[i], self.y[i]
+
+
+    def make_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+    def fast():
+        return {"train": Slow(48, 0, 0.0), "val": Slow(24, 1, 0.0)}
+
+
+    def slow():
+        return {"train": Slow(48, 0, 0.01), "val": Slow(24, 1, 0.01)}
+
+
+    def roomy():  # enough training data for a holdout (10%, at least 8 samples)
+        return {"train": Slow(160, 0, 0.0), "val": Slow(24, 1, 0.0)}
+    '''
+)
+
+
+@pytest.fixture
+def search_dir(tmp_path: Path) -> Path:
+    """Workloads of a tiny MLP on slow, fast or roomier data, for search tests."""
+    (tmp_path / "slowcode.py").write_text(SLOW_DATA)
+    for name in ("fast", "slow", "roomy"):
+        (tmp_path / f"{name}.toml").write_text(
+            f'task = "multiclass"\nmodel = "slowcode:make_model"\ndata = "slowcode:{name}"\n'
+        )
+    return tmp_path

@@ -98,7 +98,12 @@ def postgres_server() -> Iterator[str]:
         )
         if done.returncode != 0:
             raise Unavailable(f"initdb failed: {done.stderr.strip()[-300:]}")
-        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        # killed machines' connections linger until the server notices; initdb may size
+        # max_connections below 100 on a small machine: room for the tests' bursts
+        options = (
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c max_connections=300"
+        )
         started = subprocess.run(
             [
                 bin_dir / "pg_ctl",

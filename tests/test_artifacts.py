@@ -12,35 +12,26 @@ import pytest
 from fulcrum.cli import main
 from fulcrum.errors import ConfigError
 from fulcrum.study import SearchSettings, check_same_search
-from test_search import SLOW_DATA, search_args
+from test_search import search_args
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "slowcode.py").write_text(SLOW_DATA)
-    (tmp_path / "fast.toml").write_text(
-        'task = "multiclass"\nmodel = "slowcode:make_model"\ndata = "slowcode:fast"\n'
-    )
-    return tmp_path
-
-
-def machine(workdir: Path, out: Path, url: str, *extra: str, trials: int = 3) -> list[str]:
+def machine(search_dir: Path, out: Path, url: str, *extra: str, trials: int = 3) -> list[str]:
     """One machine's `fulcrum search` command on the shared study ``url``."""
-    args = search_args(workdir, "fast", out, "--trials", str(trials), "--storage", url)
+    args = search_args(search_dir, "fast", out, "--trials", str(trials), "--storage", url)
     return ["search", *args, "--study", "shared", *extra]
 
 
 def test_a_trial_measured_on_one_machine_is_picked_and_exported_from_the_others_folder(
-    workdir, capsys
+    search_dir, capsys
 ):
     """Machine A runs every trial; machine B joins the finished study with its own run folder,
     picks among A's trials (their files fetched from the shared store) and exports them."""
-    url, store = f"sqlite:///{workdir / 'shared.db'}", str(workdir / "store")
-    a, b = workdir / "a", workdir / "b"
-    assert main(machine(workdir, a, url, "--artifacts", store)) == 0
+    url, store = f"sqlite:///{search_dir / 'shared.db'}", str(search_dir / "store")
+    a, b = search_dir / "a", search_dir / "b"
+    assert main(machine(search_dir, a, url, "--artifacts", store)) == 0
     trials = json.loads((a / "results.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["COMPLETE"] * 3  # B finds the count reached
-    assert main(machine(workdir, b, url, "--artifacts", store)) == 0
+    assert main(machine(search_dir, b, url, "--artifacts", store)) == 0
     result = json.loads((b / "results.json").read_text())
     pick = result["pick"]["point"]["trial"]
     assert (b / "sweetspot" / "model.onnx").read_bytes() == (
@@ -59,28 +50,28 @@ def test_a_trial_measured_on_one_machine_is_picked_and_exported_from_the_others_
     ).read_bytes()
 
 
-def test_an_unwritable_store_is_refused_before_any_trial(workdir, capsys, monkeypatch):
-    (workdir / "file").write_text("")
-    out = workdir / "run"
-    store = str(workdir / "file" / "store")  # its parent is a file (root writes anywhere else)
-    code = main(["search", *search_args(workdir, "fast", out, "--artifacts", store)])
+def test_an_unwritable_store_is_refused_before_any_trial(search_dir, capsys, monkeypatch):
+    (search_dir / "file").write_text("")
+    out = search_dir / "run"
+    store = str(search_dir / "file" / "store")  # its parent is a file (root writes anywhere else)
+    code = main(["search", *search_args(search_dir, "fast", out, "--artifacts", store)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"--artifacts {store!r} is not writable" in err and "give a folder" in err
     assert not (out / "study.db").exists()
     monkeypatch.setitem(sys.modules, "boto3", None)  # not installed
     s3 = ["--artifacts", "s3://bucket/runs"]
-    assert main(["search", *search_args(workdir, "fast", out, *s3)]) == 2
+    assert main(["search", *search_args(search_dir, "fast", out, *s3)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "pip install boto3" in err
 
 
-def test_a_machine_joining_with_another_kind_of_store_is_refused(workdir, capsys):
-    url = f"sqlite:///{workdir / 'shared.db'}"
-    store = str(workdir / "store")
-    assert main(machine(workdir, workdir / "a", url, "--artifacts", store, trials=1)) == 0
+def test_a_machine_joining_with_another_kind_of_store_is_refused(search_dir, capsys):
+    url = f"sqlite:///{search_dir / 'shared.db'}"
+    store = str(search_dir / "store")
+    assert main(machine(search_dir, search_dir / "a", url, "--artifacts", store, trials=1)) == 0
     capsys.readouterr()
-    assert main(machine(workdir, workdir / "b", url)) == 2  # no --artifacts
+    assert main(machine(search_dir, search_dir / "b", url)) == 2  # no --artifacts
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert "keeps its trials' files in an artifact store (folder); pass --artifacts" in err

@@ -17,7 +17,7 @@ import pytest
 
 from fulcrum.cli import main
 from postgres_server import Unavailable, new_database, postgres_server
-from test_search import SLOW_DATA, search_args
+from test_search import search_args
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +29,6 @@ def postgres() -> Iterator[str]:
             yield url
     except Unavailable as exc:
         pytest.skip(f"no PostgreSQL server: {exc}")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "slowcode.py").write_text(SLOW_DATA)
-    (tmp_path / "fast.toml").write_text(
-        'task = "multiclass"\nmodel = "slowcode:make_model"\ndata = "slowcode:fast"\n'
-    )
-    return tmp_path
 
 
 def all_trials(url: str, name: str) -> list[Any]:
@@ -86,19 +77,21 @@ def alive(pgid: int) -> bool:
 DONE = (0, 1)
 
 
-def test_two_machines_share_one_postgresql_study_while_their_workers_are_killed(postgres, workdir):
+def test_two_machines_share_one_postgresql_study_while_their_workers_are_killed(
+    postgres, search_dir
+):
     """Two "machines" (separate processes and run folders, two workers each) on one study
     through one postgresql:// URL; a process is SIGKILLed three times, mid-search, and its
     machine's command started again. Exactly the requested trials finish, none is lost, and no
     recipe is measured twice."""
     url = new_database(postgres, "machines")
     trials, rng = 10, random.Random(7)
-    env = {**os.environ, "PYTHONPATH": str(workdir)}
+    env = {**os.environ, "PYTHONPATH": str(search_dir)}
 
     def start(machine: str) -> subprocess.Popen[bytes]:
-        args = search_args(workdir, "fast", workdir / machine, "--trials", str(trials))
+        args = search_args(search_dir, "fast", search_dir / machine, "--trials", str(trials))
         args += ["--workers", "2", "--storage", url, "--study", "shared"]
-        with open(workdir / f"{machine}.log", "ab") as err:
+        with open(search_dir / f"{machine}.log", "ab") as err:
             return subprocess.Popen(
                 [sys.executable, "-m", "fulcrum", "search", *args],
                 env=env,
@@ -108,7 +101,7 @@ def test_two_machines_share_one_postgresql_study_while_their_workers_are_killed(
             )
 
     def log(machine: str) -> str:
-        return (workdir / f"{machine}.log").read_text()[-1500:]
+        return (search_dir / f"{machine}.log").read_text()[-1500:]
 
     machines = {"a": start("a")}
     groups = [machines["a"].pid]
@@ -157,9 +150,9 @@ def test_two_machines_share_one_postgresql_study_while_their_workers_are_killed(
     measured = [t.user_attrs["recipe"] for t in finished if "same_as" not in t.user_attrs]
     assert len(measured) == len(set(measured))  # no recipe measured twice
     for machine in ("a", "b"):
-        result = json.loads((workdir / machine / "results.json").read_text())
+        result = json.loads((search_dir / machine / "results.json").read_text())
         assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in result["trials"]) == trials
-        assert list((workdir / machine / "trials").iterdir())  # each machine measured some
+        assert list((search_dir / machine / "trials").iterdir())  # each machine measured some
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # (trials asked by hand here)
@@ -232,12 +225,12 @@ def call(app: Any, path: str) -> dict[str, Any]:
     return json.loads(body)
 
 
-def test_optuna_dashboard_shows_the_trials_with_named_objectives(workdir):
+def test_optuna_dashboard_shows_the_trials_with_named_objectives(search_dir):
     """optuna-dashboard's own app (what ``optuna-dashboard URL`` serves) reads the study."""
     import optuna_dashboard
 
-    out = workdir / "run"
-    assert main(["search", *search_args(workdir, "fast", out, "--trials", "2")]) == 0
+    out = search_dir / "run"
+    assert main(["search", *search_args(search_dir, "fast", out, "--trials", "2")]) == 0
     app = optuna_dashboard.wsgi(f"sqlite:///{out / 'study.db'}")
     (summary,) = call(app, "/api/studies")["study_summaries"]
     assert summary["study_name"] == "fulcrum"

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,59 +17,6 @@ from fulcrum.cli import main
 from fulcrum.errors import ConfigError
 from fulcrum.study import SearchSettings
 from fulcrum.sweetspot import check_policy
-
-SLOW_DATA = textwrap.dedent(
-    '''
-    import time
-    import torch
-    from torch import nn
-    from torch.utils.data import Dataset
-
-
-    class Slow(Dataset):
-        """Tiny, but slow enough per item that a trial lasts a few seconds."""
-
-        def __init__(self, n, seed, delay):
-            g = torch.Generator().manual_seed(seed)
-            self.x = torch.randn(n, 6, generator=g)
-            self.y = (self.x[:, 0] > 0).long()
-            self.delay = delay
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, i):
-            time.sleep(self.delay)
-            return self.x[i], self.y[i]
-
-
-    def make_model():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
-
-
-    def fast():
-        return {"train": Slow(48, 0, 0.0), "val": Slow(24, 1, 0.0)}
-
-
-    def slow():
-        return {"train": Slow(48, 0, 0.01), "val": Slow(24, 1, 0.01)}
-
-
-    def roomy():  # enough training data for a holdout (10%, at least 8 samples)
-        return {"train": Slow(160, 0, 0.0), "val": Slow(24, 1, 0.0)}
-    '''
-)
-
-
-@pytest.fixture
-def search_dir(tmp_path):
-    (tmp_path / "slowcode.py").write_text(SLOW_DATA)
-    for name in ("fast", "slow", "roomy"):
-        (tmp_path / f"{name}.toml").write_text(
-            f'task = "multiclass"\nmodel = "slowcode:make_model"\ndata = "slowcode:{name}"\n'
-        )
-    return tmp_path
 
 
 def search_args(search_dir, name, out, *extra):
