@@ -37,10 +37,11 @@ from fulcrum.techniques import Candidate
 from fulcrum.workloads import load
 
 INT8_ONLY = "fuse > quantize:int8-dynamic,embeddings=int4"
-DISTILL = "distill:epochs=4,hidden=1,lr=0.0005"
+DISTILL = "distill:epochs=3,hidden=1"
 STRUCTURAL_RECIPES = (
     f"layers:keep=3 > {DISTILL} > {INT8_ONLY}",
     f"layers:keep=2 > heads:ratio=0.25,ffn=0.5 > {DISTILL} > {INT8_ONLY}",
+    f"layers:keep=1 > {DISTILL} > {INT8_ONLY}",
 )
 STRUCTURAL = re.compile(r"\b(layers|heads)\b")
 

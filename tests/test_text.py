@@ -64,6 +64,31 @@ def test_text_workload_batches_two_named_inputs_padded_per_batch(text_toml):
     assert [list(x.shape) for x in workload.example_inputs] == [[1, 16], [1, 16]]
 
 
+def test_training_batches_group_texts_of_similar_length_and_cover_every_text_once():
+    from fulcrum.train import holdout
+    from fulcrum.workloads.text import Tokenized, loader
+
+    lengths = [3 + (i * 37) % 60 for i in range(600)]
+    data = Tokenized(ids=[[1] * n for n in lengths], targets=torch.arange(600.0), truncated=0)
+    train = loader(data, pad_id=0, batch_size=16, shuffle=True)
+    epochs = [[(mask, y) for (_, mask), y in train] for _ in range(2)]
+    for epoch in epochs:
+        assert sorted(int(v) for _, y in epoch for v in y) == list(range(600))
+        padding = sum(int((mask == 0).sum()) for mask, _ in epoch)
+        assert padding < 0.1 * sum(lengths)  # a random batch of 16 pads about half its positions
+    assert [y.tolist() for _, y in epochs[0]] != [y.tolist() for _, y in epochs[1]]  # reshuffled
+    fit, held = holdout(train, seed=0)
+    assert held is not None
+    seen = [int(v) for (_, mask), y in fit for v in y]
+    kept = set(range(600)) - {int(v) for _, y in held for v in y}
+    assert sorted(seen) == sorted(kept)  # the holdout's texts never reach training
+    rows = [(mask, y) for (_, mask), y in fit]
+    assert all(
+        int(mask[r].sum()) == lengths[int(y[r])] for mask, y in rows for r in range(len(y))
+    )  # each text still comes with its own tokens after the renumbering of the subset
+    assert sum(int((mask == 0).sum()) for mask, _ in rows) < 0.1 * sum(lengths)
+
+
 def test_onnx_export_keeps_input_names_and_dynamic_batch_and_sequence(text_toml, tmp_path):
     workload = load(str(text_toml))
     path = export_onnx(workload.model, workload.example_inputs, tmp_path / "m.onnx")
@@ -194,7 +219,13 @@ def test_minilm_without_its_package_names_the_install_command(monkeypatch):
 
 def test_minilm_is_the_real_model_on_real_sentences():
     workload = load("minilm")
-    assert workload.info["texts"] == {"train": 1400, "val": 600, "calib": 400}
+    from fulcrum.workloads.minilm import english_sentences
+
+    assert workload.info["texts"] == {
+        "train": len(english_sentences()) - 1000,  # every sentence not judged or calibrated on
+        "val": 600,
+        "calib": 400,
+    }
     profile = measure.profile(workload.model, workload.example_inputs, latency=False)
     # all-MiniLM-L6-v2 without the unused pooler (22.71 M with it): 22.57 M parameters; at 128 tokens the
     # encoder's linear layers are 1.359 G MACs and attention 0.075 G

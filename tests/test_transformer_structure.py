@@ -125,7 +125,8 @@ def hidden_distance(student, teacher, inputs, pairs):
     ):
         student(*inputs)
         teacher(*inputs)
-    return sum(float(torch.nn.functional.mse_loss(mine[s], theirs[t])) for s, t in pairs)
+    real = inputs[1].bool()  # the attention mask: padding is not what distillation matches
+    return sum(float((mine[s] - theirs[t])[real].pow(2).mean()) for s, t in pairs)
 
 
 def test_hidden_state_distillation_lowers_the_hidden_state_distance(workload):
@@ -139,13 +140,27 @@ def test_hidden_state_distillation_lowers_the_hidden_state_distance(workload):
     (ids, mask), _ = next(iter(workload.val))
     pairs = [(0, 1)]  # the student's only layer learns what teacher layer 1 gives
     before = hidden_distance(student, workload.model, (ids, mask), pairs)
-    recipe = "distill:epochs=4,lr=0.003,patience=0,hidden={}"
+    recipe = "distill:epochs=8,lr=0.003,patience=0,hidden={}"
     with_hidden, outputs_only = (
         compress(student, recipe.format(weight), workload).model for weight in (1.0, 0.0)
     )
     after = hidden_distance(with_hidden, workload.model, (ids, mask), pairs)
     without = hidden_distance(outputs_only, workload.model, (ids, mask), pairs)
     assert after < 0.5 * before and after < without
+
+
+def test_the_hidden_state_distance_leaves_padding_out():
+    from fulcrum.train import hidden_distance as distance
+
+    teacher = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    student = teacher.clone()
+    student[0, 3:] += 10.0  # differs only where the first text is padding
+    ids = torch.ones(2, 5, dtype=torch.long)
+    assert float(distance(student, teacher, (ids, mask))) == 0.0
+    student[1, 0] += 1.0  # one real token off by 1 in each of 8 features: 1 over 8 tokens
+    assert float(distance(student, teacher, (ids, mask))) == pytest.approx(1 / 8)
+    assert float(distance(student, teacher, (ids,))) > 1.0  # no mask given: every position
 
 
 def test_the_hidden_loss_maps_a_dropped_layer_student_to_the_layers_it_kept(workload):

@@ -158,15 +158,18 @@ def holdout(
         return train, None
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
     kept, held = Subset(train.dataset, order[n_hold:]), Subset(train.dataset, order[:n_hold])
-    batch = train.batch_size or 64
     collate = train.collate_fn  # token batches are padded by the workload's own collate
-    fit_loader = DataLoader(
-        kept,
-        batch_size=batch,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        collate_fn=collate,
-    )
+    restricted = getattr(train.batch_sampler, "restricted", None)  # text: batches by length
+    if callable(restricted):
+        fit_loader = DataLoader(kept, batch_sampler=restricted(order[n_hold:]), collate_fn=collate)
+    else:
+        fit_loader = DataLoader(
+            kept,
+            batch_size=train.batch_size or 64,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+            collate_fn=collate,
+        )
     return fit_loader, DataLoader(held, batch_size=256, collate_fn=collate)
 
 
@@ -202,6 +205,7 @@ def fit(
     temperature: float = 4.0,
     alpha: float = 0.0,
     hidden: HiddenMatch | None = None,
+    dropout: bool = True,
     patience: int | None = None,
     progress: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
@@ -210,7 +214,8 @@ def fit(
 
     With a ``teacher``, the loss is ``alpha * soft + (1 - alpha) * hard`` where ``soft`` compares
     the student's outputs with the teacher's at ``temperature``; ``hidden`` adds the distance of
-    mapped encoder layers' outputs (TinyBERT). An embedding task trained without a teacher learns
+    mapped encoder layers' outputs (TinyBERT). Without ``dropout`` the copy's Dropout modules
+    are off while it trains (and back as they were after). An embedding task trained without a teacher learns
     SimCSE's contrastive objective (two dropout views of a sentence agree). With ``patience``, training
     stops when the holdout metric has not improved for that many epochs, and the best epoch's
     weights are returned. ``on_epoch(epoch, holdout_metric)`` may raise to abandon training
@@ -220,6 +225,10 @@ def fit(
         raise ConfigError(f"epochs must be at least 1; got {epochs}.")
     torch.manual_seed(seed)
     model = copy.deepcopy(model).train()
+    rates = {m: m.p for m in model.modules() if isinstance(m, nn.Dropout)}
+    if not dropout:  # transformers' attention reads its Dropout module's p as well
+        for module in rates:
+            module.p = 0.0
     unlabelled = task == "embedding" and teacher is None
     hard = loss_for(task) if alpha < 1.0 and task != "embedding" else None
     if teacher is not None:
@@ -279,7 +288,7 @@ def fit(
                         loss = loss + alpha * soft_loss(task, out, target, temperature)
                     if hidden is not None:
                         loss = loss + hidden.weight * sum(
-                            nn.functional.mse_loss(project(mine[s]), theirs[t])
+                            hidden_distance(project(mine[s]), theirs[t], inputs)
                             for project, (s, t) in zip(projections, pairs, strict=True)
                         ) / max(len(pairs), 1)
                 loss.backward()
@@ -302,7 +311,29 @@ def fit(
                 progress(f"epoch {epoch + 1}/{epochs}")
     if best[1] is not None:
         model.load_state_dict(best[1])
+    for module, rate in rates.items():
+        module.p = rate
     return model.eval()
+
+
+def hidden_distance(
+    student: torch.Tensor, teacher: torch.Tensor, inputs: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """Mean squared distance of two layers' outputs ``(batch, tokens, width)`` over the real
+    tokens only: padding is told by the attention mask among the inputs (integer 0/1, shaped
+    ``(batch, tokens)``). Padded positions hold whatever the layer computed for them; matching
+    them spent most of the loss on short sentences padded to a batch's longest."""
+    distance = (student - teacher).pow(2).mean(-1)
+    for mask in inputs[1:]:
+        if (
+            mask.shape == distance.shape
+            and not mask.is_floating_point()
+            and bool(((mask == 0) | (mask == 1)).all())
+            and bool(mask.any())
+        ):
+            weight = mask.to(distance.dtype)
+            return (distance * weight).sum() / weight.sum()
+    return distance.mean()
 
 
 def _projections(

@@ -5,7 +5,8 @@ narrower copy of the teacher's own architecture, built by removing channels unif
 Torch-Pruning and re-initialising its weights. For transformer encoders, ``hidden`` (a weight)
 adds TinyBERT's intermediate-layer loss: each student layer matches the output of the teacher
 layer it came from (after ``layers``, the layers it kept; otherwise the same layer), through a
-learned projection where widths differ.
+learned projection where widths differ. ``dropout`` (``auto``: off for an embedding task, whose
+student must reproduce the teacher's outputs, on otherwise) switches the student's dropout.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from fulcrum.techniques.base import (
 )
 from fulcrum.train import AUGMENTS, HiddenMatch, fit, score
 
+DROPOUTS = ("auto", "on", "off")
+
 
 @dataclass(frozen=True)
 class DistillConfig(TechniqueConfig):
@@ -44,6 +47,7 @@ class DistillConfig(TechniqueConfig):
     augment: str = "auto"
     patience: int = 3
     hidden: float = 0.0
+    dropout: str = "auto"
 
     def validate(self) -> None:
         self.check_range("epochs", 1, 1000)
@@ -55,6 +59,7 @@ class DistillConfig(TechniqueConfig):
         self.check_choice("augment", AUGMENTS)
         self.check_range("patience", 0, 1000)
         self.check_range("hidden", 0.0, 100.0)
+        self.check_choice("dropout", DROPOUTS)
 
 
 def layer_pairs(candidate: Candidate, teacher: nn.Module) -> tuple[tuple[int, int], ...]:
@@ -103,6 +108,9 @@ def apply(config: DistillConfig, candidate: Candidate, ctx: Context) -> Candidat
             "add 'train' to its data."
         )
     alpha = 1.0 if ctx.task == "embedding" else config.alpha  # embeddings have no labels
+    # an embedding student is judged by how closely it reproduces the teacher: dropout only
+    # blurs the target (on all-MiniLM-L6-v2, one epoch: cosine 0.804 without, 0.790 with)
+    dropout = config.dropout == "on" or (config.dropout == "auto" and ctx.task != "embedding")
     start = time.perf_counter()
     student = float_model if config.width is None else narrower(float_model, config.width, ctx)
     hidden = (
@@ -120,6 +128,7 @@ def apply(config: DistillConfig, candidate: Candidate, ctx: Context) -> Candidat
         temperature=config.temperature,
         alpha=alpha,
         hidden=hidden,
+        dropout=dropout,
         patience=config.patience or None,
         progress=ctx.progress,
         on_epoch=ctx.on_epoch,

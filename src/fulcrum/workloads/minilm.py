@@ -23,10 +23,13 @@ from fulcrum.errors import MissingDependencyError
 from fulcrum.workloads.base import Workload, cache_dir
 
 DESCRIPTION = (
-    "real all-MiniLM-L6-v2 (22.6M params) sentence embeddings on 2,400 English sentences of "
-    "CPython's docs; judged by cosine and top-10 retrieval agreement with the fp32 model"
+    "real all-MiniLM-L6-v2 (22.6M params) sentence embeddings on the English sentences of "
+    "CPython's docs (11k); judged on 600 by cosine and top-10 retrieval agreement with fp32"
 )
-SPLITS = {"train": 1400, "val": 600, "calib": 400}
+# judged on VAL sentences, calibrated on CALIB; the rest (10k with Python 3.11) is unlabelled
+# text for distillation: students need far more than the 1,400 sentences it once had (a 2-layer
+# student reached cosine 0.76 on 1,400 and 0.89 on 10,468)
+VAL, CALIB, FIRST_TRAIN = 600, 400, 1400
 MAX_LENGTH, EXAMPLE_LENGTH, SEED = 128, 128, 0
 _PROSE = re.compile(r"[{}\[\]=<>|\\`]|::|\.\.\.|>>>")
 
@@ -95,14 +98,18 @@ def build() -> Workload:
     model = text.SentenceEncoder(text.encoder_without_pooler(transformers, folder)).eval()
     chosen = english_sentences()
     random.Random(SEED).shuffle(chosen)
-    splits: dict[str, text.Tokenized] = {}
-    start = 0
-    for name, count in SPLITS.items():
-        part = chosen[start : start + count]
-        start += count
-        splits[name] = text.tokenize(tokenizer, part, torch.zeros(len(part)), MAX_LENGTH)
+    held = chosen[FIRST_TRAIN : FIRST_TRAIN + VAL + CALIB]  # where they were when train was 1,400
+    parts = {
+        "train": chosen[:FIRST_TRAIN] + chosen[FIRST_TRAIN + VAL + CALIB :],
+        "val": held[:VAL],
+        "calib": held[VAL:],
+    }
+    splits = {
+        name: text.tokenize(tokenizer, part, torch.zeros(len(part)), MAX_LENGTH)
+        for name, part in parts.items()
+    }
     pad = tokenizer.pad_token_id or 0
-    val_texts = chosen[SPLITS["train"] : SPLITS["train"] + SPLITS["val"]]
+    val_texts = parts["val"]
     return Workload(
         name="minilm",
         task="embedding",

@@ -8,14 +8,14 @@ example inputs (what latency is timed on) are one sequence of ``example_length``
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fulcrum.errors import ConfigError, DataError, MissingDependencyError, first_line
 
@@ -204,6 +204,38 @@ def tokenize(
     return Tokenized(ids=ids, targets=targets, truncated=truncated)
 
 
+class LengthBuckets(Sampler[list[int]]):
+    """Shuffled batches of texts of similar length: each epoch shuffles the texts, sorts pools of
+    ``pool`` batches by length, cuts them into batches and shuffles the batches. Padding to the
+    longest text of a random batch wasted about two thirds of the positions of a training step
+    on CPython's sentences (median 19 tokens, batches padded to 60-80); bucketed, about a tenth."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, pool: int = 50):
+        self.lengths, self.batch_size, self.seed, self.pool = list(lengths), batch_size, seed, pool
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), size):
+            pool = sorted(order[start : start + size], key=self.lengths.__getitem__)
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[i]
+
+    def restricted(self, indices: Sequence[int]) -> LengthBuckets:
+        """The same batching over the texts ``indices`` (renumbered from 0, as a Subset does)."""
+        return LengthBuckets(
+            [self.lengths[i] for i in indices], self.batch_size, self.seed, self.pool
+        )
+
+
 def loader(
     data: Tokenized,
     pad_id: int,
@@ -213,14 +245,13 @@ def loader(
     seed: int = 0,
     names: Sequence[str] = TEXT_INPUTS[:2],
 ) -> DataLoader:
-    """Batches of ``data``: shuffled for training, else ordered by length (less padding)."""
-    return DataLoader(
-        TokenDataset(data, by_length=not shuffle),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        collate_fn=PadCollate(pad_id, names),
-        generator=torch.Generator().manual_seed(seed),
-    )
+    """Batches of ``data``: shuffled in length buckets for training, else ordered by length
+    (less padding either way)."""
+    collate = PadCollate(pad_id, names)
+    if shuffle:
+        buckets = LengthBuckets([len(ids) for ids in data.ids], batch_size, seed)
+        return DataLoader(TokenDataset(data), batch_sampler=buckets, collate_fn=collate)
+    return DataLoader(TokenDataset(data, by_length=True), batch_size=batch_size, collate_fn=collate)
 
 
 Texts = tuple[list[str], torch.Tensor]

@@ -1,0 +1,23 @@
+"""The training loop (fulcrum.train) on tiny models built in code."""
+
+import copy
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fulcrum.train import fit
+
+
+def test_a_student_trained_without_dropout_learns_nothing_from_itself_and_keeps_its_rate():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+    data = DataLoader(TensorDataset(torch.randn(64, 4), torch.zeros(64, 2)), batch_size=16)
+    kwargs = {"epochs": 2, "teacher": copy.deepcopy(model), "alpha": 1.0, "weight_decay": 0.0}
+    still = fit(model, data, "regression", dropout=False, **kwargs)
+    moved = fit(model, data, "regression", dropout=True, **kwargs)
+    weights = [p.detach() for p in model.parameters()]
+    # the student is its own teacher: without dropout there is nothing to learn
+    assert all(torch.equal(a, b) for a, b in zip(weights, still.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(weights, moved.parameters(), strict=True))
+    assert still[1].p == 0.5  # the rate is back for whatever trains it next
