@@ -10,9 +10,10 @@ each point that changed the structure (``layers``, ``heads``), the same recipe w
 ``distill`` step replaced by ``finetune`` for as many epochs (SimCSE's contrastive loss: no
 teacher) are timed side by side, interleaved in one process, at batch 1 with sequence 128 and at
 the validation median length, and judged on the 600 validation sentences. Prints a table and
-writes benchmarks/results/minilm-structure.json.
+writes benchmarks/results/minilm-structure.json (minilm-structure-search.json with a search).
 
     .venv/bin/python benchmarks/minilm_structure.py [--recipe R ...] [--trials 0] [--max-drop 3]
+    .venv/bin/python benchmarks/minilm_structure.py --trials 10 --max-epochs 1 --no-points
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def without_teacher(recipe: str) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", action="append", help="a structural recipe (repeatable)")
+    parser.add_argument(
+        "--no-points", action="store_true", help="no structural recipes: the search's frontier only"
+    )
     parser.add_argument("--trials", type=int, default=0)
     parser.add_argument("--max-drop", type=float, default=3.0)
     parser.add_argument("--max-epochs", type=int, default=6)
@@ -94,7 +98,8 @@ def main() -> None:
         models[label], recipes[label] = onnx_bytes(candidate, workload.example_inputs), recipe
 
     add("int8 only", INT8_ONLY)
-    points = [(f"point {i}", r) for i, r in enumerate(args.recipe or STRUCTURAL_RECIPES)]
+    given = [] if args.no_points else args.recipe or STRUCTURAL_RECIPES
+    points = [(f"point {i}", r) for i, r in enumerate(given)]
     for label, recipe in points:
         add(label, recipe)
     for point in result["frontier"]:
@@ -138,7 +143,7 @@ def main() -> None:
     if args.trials:
         print(f"search wall time {wall:.0f} s for {args.trials} trials")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "minilm-structure.json"
+    path = args.out / f"minilm-structure{'-search' if args.trials else ''}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     shutil.rmtree(run_dir, ignore_errors=True)

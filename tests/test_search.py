@@ -314,9 +314,8 @@ def test_a_recipe_drawn_twice_is_measured_once(search_dir):
             [
                 "fuse > quantize:mode=int8-dynamic,embeddings=int4",
                 "prune:ratio=0.3 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
-                "prune > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
                 "layers:ratio=0.5 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
-                "layers:ratio=0.5 > heads:ratio=0.25,ffn=0.5 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
+                "layers:ratio=0.33 > heads:ratio=0.25,ffn=0.5 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
             ],
         ),
     ],
