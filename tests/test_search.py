@@ -568,17 +568,6 @@ def test_a_screened_out_recovery_is_recorded_as_pruned_with_its_curve(search_dir
     assert len(trial["recovery_curve"]) == 2 and calls[-1] == trial["recovery_curve"]
 
 
-def test_a_drawn_empty_recipe_is_not_measured_again_as_a_candidate(search_dir):
-    out = search_dir / "empty"
-    nothing = {"use_prune": False, "use_lowrank": False, "use_quantize": False}
-    study_ = _study(out)
-    study_.enqueue_trial(nothing)
-    assert main(["search", *search_args(search_dir, "roomy", out, "--trials", "1")]) == 1
-    trial = json.loads((out / "results.json").read_text())["trials"][0]
-    assert trial["recipe"] == "(none)" and trial["state"] == "PRUNED"
-    assert "baseline" in trial["pruned"] and trial.get("latency_ms") is None
-
-
 def test_a_trained_prefix_is_kept_on_disk_for_every_worker(tmp_path):
     """A recipe prefix that took long (a recovery) is saved in the run folder; another process
     (a new cache on the same folder) reuses it instead of training again."""

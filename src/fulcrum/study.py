@@ -737,8 +737,6 @@ class Trialist:
         text = recipe_text(recipe)
         trial.set_user_attr("recipe", text)
         self.progress(f"trial {trial.number}: {text}")
-        if not recipe:  # no step drawn: the baseline, whose figures the study holds already
-            raise optuna.TrialPruned("no step drawn: the recipe is the baseline, measured already")
         earlier = same_recipe(trial, text, wait)
         if earlier is not None:  # the recipe was measured already: reuse its figures
             trial.set_user_attr("same_as", earlier.number)
