@@ -528,6 +528,61 @@ def test_static_int8_draws_how_many_hurt_layers_stay_in_float():
     )
 
 
+def test_static_int8_that_collapses_even_with_its_worst_layers_in_float_is_left_out():
+    from fulcrum import sensitivity
+    from fulcrum.study import int8_collapses
+
+    def found(int8_metric, gains):
+        layers = [
+            sensitivity.LayerSensitivity(f"l{i}", "Linear", 1, 1, 0.5, float_metric=int8_metric + g)
+            for i, g in enumerate(gains)
+        ]
+        return sensitivity.Sensitivity("w", "cosine", 1.0, 100, [], int8_metric, layers, None, 1.0)
+
+    settings = SearchSettings(trials=20, max_drop=1.0)
+    minilm = found(0.386, [0.0024, 0.002])  # all-MiniLM-L6-v2: 61.4 pt lost, 0.44 won back
+    fallback = [{"layer": "l0", "gain": 0.0024}, {"layer": "l1", "gain": 0.002}]
+    assert int8_collapses(minilm, fallback, settings) == (
+        "collapses: loses 61.0 pt with 2 layers in float"
+    )
+    mobilenet = found(0.84, [0.114])  # 16 pt lost, the stem wins back 11.4: a search can recover
+    assert int8_collapses(mobilenet, [{"layer": "l0", "gain": 0.114}], settings) == ""
+    assert int8_collapses(found(0.75, []), [], settings) == "collapses: loses 25.0 pt"
+    assert int8_collapses(found(0.75, []), [], SearchSettings(trials=20, max_drop=5.0)) == ""
+
+
+def test_a_search_leaves_out_static_int8_when_the_analysis_finds_it_collapses(
+    search_dir, monkeypatch
+):
+    import dataclasses
+
+    from fulcrum import sensitivity, timing
+
+    real = timing.compare_latency
+
+    def timed(runners, *args, **kwargs):  # every mode 2x faster: the probe keeps them all
+        times = real(runners, *args, **kwargs)
+        return {
+            (name, b): v if name == "baseline" else dataclasses.replace(v, median_ms=0.01)
+            for (name, b), v in times.items()
+        }
+
+    def collapsed(workload, folder, **kwargs):
+        return sensitivity.Sensitivity(workload.name, "accuracy", 0.9, 64, [], 0.1, [], None, 1.0)
+
+    monkeypatch.setattr(timing, "compare_latency", timed)
+    monkeypatch.setattr(sensitivity, "cached", collapsed)
+    out = search_dir / "collapsed"
+    tight = ("--trials", "10", "--max-drop", "1")  # collapsed: 20 pt below the baseline or more
+    main(["search", *search_args(search_dir, "fast", out, *tight)])  # exit 1 if none within 1 pt
+    result = json.loads((out / "results.json").read_text())
+    assert result["probe"]["int8-static"]["kept"] is False
+    assert result["probe"]["int8-static"]["left_out"] == "collapses: loses 80.0 pt"
+    quantized = [t["recipe"] for t in result["trials"] if "quantize" in t["recipe"]]
+    drawn = {(re.search(r"mode=([\w-]+)", r) or ["", "int8-static"])[1] for r in quantized}
+    assert quantized and "int8-static" not in drawn
+
+
 def test_a_recovery_that_cannot_reach_the_budget_stops_after_a_screening_epoch():
     """Multi-fidelity: after each epoch from the second, the most an earlier recovery gained
     from there on is added; if the budget is still out of reach, the recovery stops."""
