@@ -215,11 +215,11 @@ def fit(
     With a ``teacher``, the loss is ``alpha * soft + (1 - alpha) * hard`` where ``soft`` compares
     the student's outputs with the teacher's at ``temperature``; ``hidden`` adds the distance of
     mapped encoder layers' outputs (TinyBERT). Without ``dropout`` the copy's Dropout modules
-    are off while it trains (and back as they were after). An embedding task trained without a teacher learns
-    SimCSE's contrastive objective (two dropout views of a sentence agree). With ``patience``, training
-    stops when the holdout metric has not improved for that many epochs, and the best epoch's
-    weights are returned. ``on_epoch(epoch, holdout_metric)`` may raise to abandon training
-    (a search cuts hopeless trials short this way).
+    are off while it trains (and back as they were after). An embedding task trained without a
+    teacher learns SimCSE's contrastive objective (two dropout views of a sentence agree). With
+    ``patience``, training stops when the holdout metric has not improved for that many epochs,
+    and the best epoch's weights are returned. ``on_epoch(epoch, holdout_metric)`` may raise to
+    abandon training (a search cuts hopeless trials short this way).
     """
     if epochs < 1:
         raise ConfigError(f"epochs must be at least 1; got {epochs}.")
