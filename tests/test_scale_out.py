@@ -179,6 +179,44 @@ def test_the_quota_lets_a_trial_run_only_while_earlier_ones_leave_room(tmp_path)
     quota.begin(fourth)  # 2 + 1 (second) < 4: it takes first's place
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # (trials asked by hand here)
+def test_two_processes_never_take_the_same_queued_trial_from_one_sqlite_file(tmp_path, monkeypatch):
+    """Queued trials (warm starts, retries) are taken by reading WAITING, then writing RUNNING.
+    On SQLite that read sat outside the write's lock, so two processes could both take one trial
+    and one later failed with Optuna's "Cannot tell a COMPLETE trial". The gap is widened here
+    (each storage its own connection, as each process has), so the race shows every time."""
+    import threading
+
+    from optuna.storages._rdb.storage import RDBStorage
+
+    from fulcrum.study import SearchSettings, open_study, storage_for
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study, _ = open_study(SearchSettings(), storage_for(url), "queue")
+    for number in range(6):
+        study.enqueue_trial({"n": number})
+    checked = RDBStorage.check_trial_is_updatable
+
+    def slowly(self: Any, *args: Any) -> None:
+        time.sleep(0.05)  # between reading a trial's state and writing the new one
+        checked(self, *args)
+
+    monkeypatch.setattr(RDBStorage, "check_trial_is_updatable", slowly)
+    taken: dict[str, list[int]] = {"a": [], "b": []}
+
+    def take(name: str) -> None:
+        mine, _ = open_study(SearchSettings(), storage_for(url), "queue")
+        for _ in range(3):
+            taken[name].append(mine.ask().number)
+
+    workers = [threading.Thread(target=take, args=(name,)) for name in taken]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(taken["a"] + taken["b"]) == list(range(6))  # each queued trial taken once
+
+
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_trial_whose_process_died_before_its_first_heartbeat_is_failed_and_retried(

@@ -438,7 +438,7 @@ def storage_for(url: str) -> Any:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url,
             heartbeat_interval=HEARTBEAT_S,
             grace_period=GRACE_S,
@@ -459,6 +459,32 @@ def storage_for(url: str) -> Any:
             "server or fix the URL (PostgreSQL needs the psycopg driver: "
             "pip install 'fulcrum[postgres]')."
         ) from None
+    if url.startswith("sqlite"):
+        _lock_on_begin(storage.engine)
+    return storage
+
+
+def _lock_on_begin(engine: Any) -> None:
+    """Each SQLite transaction takes the file's write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna takes a queued trial by reading its state, then writing RUNNING; PostgreSQL locks the
+    row it reads (FOR UPDATE), but Python's sqlite3 only begins a transaction at the first write,
+    so two processes could both read WAITING and both take the trial (one then failed with
+    "Cannot tell a COMPLETE trial"). SQLAlchemy's recipe for pysqlite: the driver leaves
+    transactions to SQLAlchemy, which begins each one holding the lock. Pooled connections made
+    before the change are closed, so every connection from here on has it.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(connection: Any, _record: Any) -> None:
+        connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_locked(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()
 
 
 def _shown(url: str) -> str:
