@@ -583,6 +583,24 @@ def test_a_search_leaves_out_static_int8_when_the_analysis_finds_it_collapses(
     assert quantized and "int8-static" not in drawn
 
 
+def test_a_drawn_recipe_is_never_empty_while_quantization_is_in_the_space():
+    """An empty recipe is the baseline, measured once per study: with no other step drawn,
+    quantization is not optional (``use_quantize`` is not even asked)."""
+    from optuna.trial import FixedTrial
+
+    from fulcrum.compression import recipe_text
+    from fulcrum.study import suggest_recipe
+
+    nothing = {"use_prune": False, "use_lowrank": False, "use_quantize": False}
+    nothing |= {"quantize.mode": "int8-static", "quantize.per_channel": True}
+    nothing |= {"quantize.calibration": "minmax"}
+    settings = SearchSettings(trials=20)
+    assert recipe_text(suggest_recipe(FixedTrial(nothing), settings)) == "quantize"
+    pruned = {**nothing, "use_prune": True, "prune.ratio": 0.5, "prune.importance": "magnitude"}
+    pruned |= {"prune.global_pruning": False, "recovery": "none"}
+    assert recipe_text(suggest_recipe(FixedTrial(pruned), settings)) == "prune"  # optional here
+
+
 def test_a_recovery_that_cannot_reach_the_budget_stops_after_a_screening_epoch():
     """Multi-fidelity: after each epoch from the second, the most an earlier recovery gained
     from there on is added; if the budget is still out of reach, the recovery stops."""
