@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 from fulcrum.compression import onnx_bytes
-from fulcrum.runtimes import as_inputs
+from fulcrum.runtimes import OnnxModel, as_inputs
 from fulcrum.study import SearchSettings
 from fulcrum.sweetspot import search
 from fulcrum.techniques import Candidate
-from fulcrum.workloads import load
+from fulcrum.timing import compare_latency
+from fulcrum.workloads import Workload, load
 
 
 def arrays(loader: object, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +45,17 @@ def arrays(loader: object, limit: int) -> tuple[np.ndarray, np.ndarray]:
         if sum(len(t) for t in xs) >= limit:
             break
     return torch.cat(xs)[:limit].numpy(), torch.cat(ys)[:limit].numpy()
+
+
+def at_baseline_threads(workload: Workload, sweet: Path, threads: int) -> float:
+    """The sweet spot's batch-1 speed-up with both it and the baseline on the baseline's
+    intra-op thread count (the search runs each on its own fastest count)."""
+    base = onnx_bytes(Candidate.of(workload.model), workload.example_inputs)
+    runners = {"baseline": OnnxModel(base, threads), "sweet": OnnxModel(sweet, threads)}
+    times = compare_latency(
+        runners, workload.example_inputs, batch_sizes=(1,), threads=threads, seconds=4.0
+    )
+    return round(times[("baseline", 1)].median_ms / times[("sweet", 1)].median_ms, 2)
 
 
 def main() -> None:
@@ -83,6 +95,13 @@ def main() -> None:
                 "size_ratio": round(base["size_bytes"] / point["size_bytes"], 2),
                 "speedup_b1": round(1 / point["latency_ratio"], 2),
                 "latency_ms": point["latency_ms"],
+                # intra-op threads each ran fastest with, and the speed-up with both on the
+                # baseline's count
+                "threads": point.get("threads"),
+                "baseline_threads": base.get("threads"),
+                "speedup_b1_at_baseline_threads": at_baseline_threads(
+                    workload, run_dir / "sweetspot" / "model.onnx", base.get("threads", 2)
+                ),
             }
             if args.peers_dir:
                 args.peers_dir.mkdir(parents=True, exist_ok=True)

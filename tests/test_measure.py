@@ -111,6 +111,44 @@ def test_interleaved_timing_gives_every_callable_the_same_runs():
     assert len(times["a"]) == len(times["b"]) >= 30
 
 
+def test_each_onnx_runtime_model_is_timed_at_its_fastest_thread_count(tmp_path, monkeypatch):
+    """``compare_tuned`` times each tuned ONNX Runtime model with sessions of 1, 2 and 4 threads
+    (up to 4) and keeps the fastest, unless it gains less than 5% over the model's own count; an
+    untuned model is timed at its own count only. The medians are set, not measured."""
+    import dataclasses
+
+    from fulcrum.runtimes import thread_choices
+
+    assert thread_choices(1) == (1,) and thread_choices(4) == (1, 2, 4)
+    assert thread_choices(6) == (1, 2, 4, 6)
+    path = export_onnx(small_cnn(), (torch.randn(1, 3, 16, 16),), tmp_path / "cnn.onnx")
+    set_ms = {"fast@1": 1.0, "fast@2": 3.0, "fast@4": 2.0, "noise@1": 0.97, "noise@2": 1.0}
+    set_ms |= {"noise@4": 1.5, "fixed@4": 5.0}
+    real, seen = timing.compare_latency, {}
+
+    def timed(runners, *args, **kwargs):
+        seen.update({label: runner.threads for label, runner in runners.items()})
+        times = real(runners, *args, **kwargs)
+        return {k: dataclasses.replace(v, median_ms=set_ms[k[0]]) for k, v in times.items()}
+
+    monkeypatch.setattr(timing, "compare_latency", timed)
+    runners = {
+        "fast": OnnxModel(path, threads=4),
+        "noise": OnnxModel(path, threads=2),
+        "fixed": OnnxModel(path, threads=4),
+    }
+    inputs = (torch.randn(1, 3, 16, 16),)
+    times = timing.compare_tuned(
+        runners, inputs, tune=["fast", "noise"], batch_size=1, threads=4, seconds=0.01
+    )
+    assert seen == {k: int(k.split("@")[1]) for k in set_ms}  # each session at its count
+    assert {k: (v[0].median_ms, v[1]) for k, v in times.items()} == {
+        "fast": (1.0, 1),
+        "noise": (1.0, 2),  # 3% faster on one thread: within noise, its own count stays
+        "fixed": (5.0, 4),
+    }
+
+
 def test_onnx_compute_counts_matmul_and_gemm():
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
     proto_path = export_onnx(

@@ -468,14 +468,14 @@ def test_the_probe_leaves_out_quantization_modes_that_are_slower(search_dir, mon
     real = timing.compare_latency
     factors = {"int8-dynamic": 3.0, "int8-static": 0.97, "fp16": 0.5}
 
-    def timed(runners, *args, **kwargs):
+    def timed(runners, *args, **kwargs):  # (labels are "name@threads": one thread here)
         times = real(runners, *args, **kwargs)
-        base = next(v for (name, _), v in times.items() if name == "baseline")
+        base = next(v for (label, _), v in times.items() if label.startswith("baseline@"))
         return {
-            (name, b): dataclasses.replace(v, median_ms=base.median_ms * factors[name])
-            if name in factors
+            (label, b): dataclasses.replace(v, median_ms=base.median_ms * factors[name])
+            if (name := label.split("@")[0]) in factors
             else v
-            for (name, b), v in times.items()
+            for (label, b), v in times.items()
         }
 
     monkeypatch.setattr(timing, "compare_latency", timed)
@@ -483,12 +483,50 @@ def test_the_probe_leaves_out_quantization_modes_that_are_slower(search_dir, mon
     assert main(["search", *search_args(search_dir, "fast", out, "--trials", "10")]) == 0
     result = json.loads((out / "results.json").read_text())
     probe = result["probe"]
-    assert probe["int8-dynamic"] == {"kept": False, "latency_ratio": 3.0}
-    assert probe["fp16"] == {"kept": True, "latency_ratio": 0.5}
-    assert probe["int8-static"] == {"kept": False, "latency_ratio": 0.97}
+    assert probe["int8-dynamic"] == {"kept": False, "latency_ratio": 3.0, "threads": 1}
+    assert probe["fp16"] == {"kept": True, "latency_ratio": 0.5, "threads": 1}
+    assert probe["int8-static"] == {"kept": False, "latency_ratio": 0.97, "threads": 1}
     quantized = [t["recipe"] for t in result["trials"] if "quantize" in t["recipe"]]
     drawn = {(re.search(r"mode=([\w-]+)", r) or ["", "int8-static"])[1] for r in quantized}
     assert drawn == {"fp16"}  # the warm start's int8 became fp16, and nothing slower was drawn
+
+
+def test_a_search_runs_each_candidate_with_the_thread_count_it_is_fastest_with(
+    search_dir, monkeypatch
+):
+    """With two threads to use, every candidate is also timed on one; here one thread is set to
+    be twice as fast for candidates (not for the baseline), so every trial, the pick and its card
+    say one thread, and the latency ratios are those of one thread."""
+    import dataclasses
+
+    from fulcrum import timing
+
+    real = timing.compare_latency
+
+    def timed(runners, *args, **kwargs):
+        times = real(runners, *args, **kwargs)
+        fixed = {}
+        for (label, b), v in times.items():
+            name, threads = label.split("@")
+            two = times.get((f"{name}@2", b), v)  # each at half its two-thread time on one
+            fixed[(label, b)] = (
+                dataclasses.replace(v, median_ms=two.median_ms / 2)
+                if threads == "1" and name != "baseline"
+                else v
+            )
+        return fixed
+
+    monkeypatch.setattr(timing, "compare_latency", timed)
+    out = search_dir / "threads"
+    args = search_args(search_dir, "fast", out, "--trials", "3")
+    args[args.index("--threads") + 1] = "2"
+    assert main(["search", *args]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["baseline"]["threads"] in (1, 2)  # (the baseline's own fastest, not set here)
+    measured = [t for t in result["trials"] if t["state"] == "COMPLETE"]
+    assert measured and all(t["threads"] == 1 for t in measured)
+    assert result["pick"]["point"]["threads"] == 1
+    assert "intra-op threads 1" in (out / "sweetspot" / "card.md").read_text()
 
 
 def test_static_int8_draws_how_many_hurt_layers_stay_in_float():

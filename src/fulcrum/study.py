@@ -319,18 +319,20 @@ def probe_quantization(trialist: Trialist) -> dict[str, dict[str, Any]]:
             continue
         data = onnx_bytes(candidate, workload.example_inputs)
         runners[mode] = OnnxModel(data, trialist.threads, output_of(workload))
-    times = timing.compare_latency(
+    times = timing.compare_tuned(
         runners,
         workload.example_inputs,
-        batch_sizes=(settings.batch_size,),
+        tune=[m for m in runners if m != "baseline"],
+        batch_size=settings.batch_size,
         threads=trialist.threads,
-        seconds=PROBE_TIMING * settings.trial_seconds * len(runners),
+        seconds=2 * PROBE_TIMING * settings.trial_seconds,
     )
-    base = times[("baseline", settings.batch_size)].median_ms
+    base = times["baseline"][0].median_ms
     for mode in runners:
         if mode != "baseline":
-            ratio = round(times[(mode, settings.batch_size)].median_ms / base, 4)
-            found[mode] = {"kept": ratio < PROBE_KEEP, "latency_ratio": ratio}
+            latency, threads = times[mode]
+            ratio = round(latency.median_ms / base, 4)
+            found[mode] = {"kept": ratio < PROBE_KEEP, "latency_ratio": ratio, "threads": threads}
     return found
 
 
@@ -652,6 +654,7 @@ class Baseline:
     size_bytes: int
     macs: int
     params: int
+    threads: int  # the intra-op thread count it ran fastest with (``timing.compare_tuned``)
 
 
 def baseline_runner(workload: Workload, settings: SearchSettings, threads: int) -> Any:
@@ -679,21 +682,23 @@ def measure_baseline(
         workload.model, workload.example_inputs, latency=False, runtimes_=("torch",)
     )
     size = len(runner.data) if settings.runtime == "onnxruntime" else None
-    times = timing.compare_latency(
+    latency, fastest = timing.compare_tuned(
         {"baseline": runner},
         workload.example_inputs,
-        batch_sizes=(settings.batch_size,),
+        tune=["baseline"],
+        batch_size=settings.batch_size,
         threads=threads,
-        seconds=settings.final_seconds,
-    )
+        seconds=2 * settings.final_seconds,
+    )["baseline"]
     value = evaluation.metrics[MAIN_METRIC[workload.task]]
     return Baseline(
         metric=float(value or 0.0),
         metrics=evaluation.metrics,
-        latency_ms=times[("baseline", settings.batch_size)].median_ms,
+        latency_ms=latency.median_ms,
         size_bytes=size if size is not None else profile.artifact_bytes["safetensors"],
         macs=profile.macs,
         params=profile.params_total,
+        threads=fastest,
     )
 
 
@@ -723,7 +728,8 @@ class Trialist:
 
         self.cache = PrefixCache(run_dir / "cache")  # trained prefixes shared by the workers
         self.allocations: dict[tuple[float, float], tuple[str, ...]] = {}
-        self.runner = baseline_runner(workload, settings, threads)
+        # the baseline at the thread count it ran fastest with (once the study has measured it)
+        self.runner = baseline_runner(workload, settings, reference.get("threads", threads))
         import torch
 
         from fulcrum.techniques.fuse import has_attention
@@ -837,17 +843,17 @@ class Trialist:
             size = measure.safetensors_bytes(candidate.require_float("search"))
         evaluation = evaluate_workload(workload, runner, threads=self.threads)
         metric = float(evaluation.metrics[MAIN_METRIC[workload.task]] or 0.0)
-        times = timing.compare_latency(
+        times = timing.compare_tuned(
             {"baseline": self.runner, "candidate": runner},
             workload.example_inputs,
-            batch_sizes=(settings.batch_size,),
+            tune=["candidate"],
+            batch_size=settings.batch_size,
             threads=self.threads,
             seconds=settings.trial_seconds,
         )
-        ratio = (
-            times[("candidate", settings.batch_size)].median_ms
-            / times[("baseline", settings.batch_size)].median_ms
-        )
+        (latency, threads), base = times["candidate"], times["baseline"][0]
+        ratio = latency.median_ms / base.median_ms
+        trial.set_user_attr("threads", threads)
         params, macs = counts(candidate, workload.example_inputs)
         values = {
             "metric": metric,
@@ -1261,11 +1267,14 @@ def set_up(
     """The study's reference figures, measured once per study: the baseline, the quantization
     probe's verdict, the kind of its artifact store; then the warm-start recipes are queued."""
     from fulcrum.artifacts import kind
+    from fulcrum.runtimes import OnnxModel
     from fulcrum.workloads import source_of
 
     settings, workload = trialist.settings, trialist.workload
     say("measuring the baseline")
     base = measure_baseline(workload, settings, trialist.threads, trialist.runner)
+    if isinstance(trialist.runner, OnnxModel) and base.threads != trialist.runner.threads:
+        trialist.runner = trialist.runner.with_threads(base.threads)
     reference = {
         **asdict(base),
         "workload_source": source_of(workload),

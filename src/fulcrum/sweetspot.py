@@ -136,7 +136,8 @@ def conclude(
         frontier.Point(
             key=str(t.number),
             values={k: float(t.user_attrs[k]) for k in keys},
-            data={"recipe": t.user_attrs.get("recipe", "")},
+            # the intra-op thread count it ran fastest with (ONNX Runtime; absent in old studies)
+            data={"recipe": t.user_attrs.get("recipe", ""), "threads": t.user_attrs.get("threads")},
         )
         for t in complete
     ]
@@ -155,17 +156,16 @@ def conclude(
                 from fulcrum.compression import rebuild
 
                 runners[p.key] = rebuild(trialist.workload.pytorch_model("search"), folder)
-        times = timing.compare_latency(
+        times = timing.compare_tuned(  # each at its fastest thread count, the baseline too
             runners,
             trialist.workload.example_inputs,
-            batch_sizes=(settings.batch_size,),
+            tune=list(runners),
+            batch_size=settings.batch_size,
             threads=trialist.threads,
-            seconds=settings.final_seconds * len(runners) / 2,
+            seconds=settings.final_seconds,
         )
-        base_ms = times[("baseline", settings.batch_size)].median_ms
-        remeasured = {
-            p.key: times[(p.key, settings.batch_size)].median_ms / base_ms for p in finalists
-        }
+        base_ms = times["baseline"][0].median_ms
+        remeasured = {p.key: times[p.key][0].median_ms / base_ms for p in finalists}
         points = [
             replace(
                 p,
@@ -174,6 +174,7 @@ def conclude(
                     "latency_ratio": round(remeasured[p.key], 4),
                     "latency_ms": round(remeasured[p.key] * reference["latency_ms"], 5),
                 },
+                data={**p.data, "threads": times[p.key][1]},
             )
             if p.key in remeasured
             else p
@@ -207,7 +208,8 @@ def conclude(
         "settings": asdict(settings),
         "baseline": {
             k: reference[k]
-            for k in ("metric", "latency_ms", "size_bytes", "macs", "params", "metrics")
+            for k in ("metric", "latency_ms", "size_bytes", "macs", "params", "metrics", "threads")
+            if k in reference
         },
         # which quantization modes made the baseline faster, measured before the trials
         "probe": reference.get("probe"),

@@ -118,3 +118,60 @@ def compare_latency(
                 calls[(label, b)] = bind(runner, batch)
         times = time_interleaved(calls, seconds=seconds * len(batch_sizes))
     return {key: summarize(key[0], key[1], threads, values) for key, values in times.items()}
+
+
+# another thread count than the one asked for is taken only when it is at least this much faster
+# (a few percent either way is this machine's noise, and picking the fastest of noisy medians
+# would flatter whatever is tuned)
+THREADS_GAIN = 0.95
+
+
+def compare_tuned(
+    runners: dict[str, Callable[..., object]],
+    example_inputs: Sequence[torch.Tensor],
+    *,
+    tune: Sequence[str],
+    batch_size: int,
+    threads: int,
+    seconds: float,
+) -> dict[str, tuple[Latency, int]]:
+    """Like ``compare_latency`` at one batch size, and each ONNX Runtime model named in ``tune``
+    is also timed with each intra-op thread count of ``runtimes.thread_choices(threads)``; each
+    runner's latency is at its fastest count, returned beside it.
+
+    The session's thread count is a deployment setting like the graph itself: a small model can
+    run faster on fewer threads than the machine has. ``seconds`` is per runner, as
+    ``compare_latency`` gives it for two.
+    """
+    calls: dict[str, Callable[..., object]] = {}
+    own: dict[str, int] = {}
+    for label, runner in runners.items():
+        if isinstance(runner, runtimes.OnnxModel):
+            own[label] = runner.threads
+            counts = runtimes.thread_choices(threads) if label in tune else (runner.threads,)
+            for count in counts:
+                calls[f"{label}@{count}"] = (
+                    runner if count == runner.threads else runner.with_threads(count)
+                )
+        else:
+            own[label] = threads
+            calls[f"{label}@{threads}"] = runner
+    times = compare_latency(
+        calls,
+        example_inputs,
+        batch_sizes=(batch_size,),
+        threads=threads,
+        seconds=seconds * len(calls) / 2,
+    )
+    out = {}
+    for label in runners:
+        found = {
+            int(key.rsplit("@", 1)[1]): latency
+            for (key, _), latency in times.items()
+            if key.rsplit("@", 1)[0] == label
+        }
+        count = min(found, key=lambda c: found[c].median_ms)
+        if found[count].median_ms > THREADS_GAIN * found[own[label]].median_ms:
+            count = own[label]
+        out[label] = (found[count], count)
+    return out

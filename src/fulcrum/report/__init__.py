@@ -134,6 +134,21 @@ def _all_metrics(base: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     ]
 
 
+def _threads_line(runtime: str, threads: Any, pick: dict[str, Any], base: dict[str, Any]) -> str:
+    """How many threads to run the sweet spot with: on ONNX Runtime, the intra-op count it ran
+    fastest with (the baseline's own fastest beside it), else the search's."""
+    from fulcrum.runtimes import thread_choices
+
+    chosen = pick.get("threads")
+    if runtime != "onnxruntime" or chosen is None:
+        return f"{threads} threads."
+    return (
+        f"intra-op threads {chosen} (`SessionOptions.intra_op_num_threads`): the fastest of "
+        f"{', '.join(map(str, thread_choices(int(threads))))} for this model at this batch size; "
+        f"the baseline's figures are at its own fastest, {base.get('threads', threads)}."
+    )
+
+
 def card(result: dict[str, Any], run_dir: Path) -> str:
     """The sweet spot's model card, in Markdown."""
     pick, base = result["pick"]["point"], result["baseline"]
@@ -184,9 +199,10 @@ def card(result: dict[str, Any], run_dir: Path) -> str:
         "",
         "## Intended runtime",
         "",
-        f"{runtime} on CPU, {result['environment'].get('threads')} threads "
-        f"({result['environment'].get('cpu')}). Latency is a ratio to the baseline measured side by side "
-        "and scaled by the baseline's latency; it will differ on other machines.",
+        f"{runtime} on CPU ({result['environment'].get('cpu')}), "
+        + _threads_line(runtime, result["environment"].get("threads"), pick, base)
+        + " Latency is a ratio to the baseline measured side by side and scaled by the "
+        "baseline's latency; it will differ on other machines.",
         "",
         "## Limits",
         "",
