@@ -156,10 +156,12 @@ def conclude(
                 from fulcrum.compression import rebuild
 
                 runners[p.key] = rebuild(trialist.workload.pytorch_model("search"), folder)
-        times = timing.compare_tuned(  # each at its fastest thread count, the baseline too
+        # each finalist at its fastest thread count; the baseline at the count the study chose
+        # for it (its reference latency was measured there)
+        times = timing.compare_tuned(
             runners,
             trialist.workload.example_inputs,
-            tune=list(runners),
+            tune=[p.key for p in finalists],
             batch_size=settings.batch_size,
             threads=trialist.threads,
             seconds=settings.final_seconds,
