@@ -29,12 +29,11 @@ import numpy as np
 import torch
 
 from fulcrum.compression import onnx_bytes
-from fulcrum.runtimes import OnnxModel, as_inputs
+from fulcrum.runtimes import as_inputs
 from fulcrum.study import SearchSettings
 from fulcrum.sweetspot import search
 from fulcrum.techniques import Candidate
-from fulcrum.timing import compare_latency
-from fulcrum.workloads import Workload, load
+from fulcrum.workloads import load
 
 
 def arrays(loader: object, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,17 +44,6 @@ def arrays(loader: object, limit: int) -> tuple[np.ndarray, np.ndarray]:
         if sum(len(t) for t in xs) >= limit:
             break
     return torch.cat(xs)[:limit].numpy(), torch.cat(ys)[:limit].numpy()
-
-
-def at_baseline_threads(workload: Workload, sweet: Path, threads: int) -> float:
-    """The sweet spot's batch-1 speed-up with both it and the baseline on the baseline's
-    intra-op thread count (the search runs each on its own fastest count)."""
-    base = onnx_bytes(Candidate.of(workload.model), workload.example_inputs)
-    runners = {"baseline": OnnxModel(base, threads), "sweet": OnnxModel(sweet, threads)}
-    times = compare_latency(
-        runners, workload.example_inputs, batch_sizes=(1,), threads=threads, seconds=4.0
-    )
-    return round(times[("baseline", 1)].median_ms / times[("sweet", 1)].median_ms, 2)
 
 
 def main() -> None:
@@ -85,6 +73,17 @@ def main() -> None:
             "wall_seconds": round(wall, 1),
             "states": {s: states.count(s) for s in sorted(set(states))},
             "sweet_spot": None,
+            # what the pick chose from: each frontier point's drop, speed-up and recipe
+            "frontier": [
+                {
+                    "trial": f["trial"],
+                    "drop_pt": round((base["metric"] - f["metric"]) * 100, 2),
+                    "speedup_b1": round(1 / f["latency_ratio"], 2),
+                    "threads": f.get("threads"),
+                    "recipe": f["recipe"],
+                }
+                for f in result["frontier"]
+            ],
         }
         if point:
             row["sweet_spot"] = {
@@ -95,13 +94,10 @@ def main() -> None:
                 "size_ratio": round(base["size_bytes"] / point["size_bytes"], 2),
                 "speedup_b1": round(1 / point["latency_ratio"], 2),
                 "latency_ms": point["latency_ms"],
-                # intra-op threads each ran fastest with, and the speed-up with both on the
-                # baseline's count
+                # the intra-op thread counts each ran fastest with (``benchmarks/threads.py``
+                # times the saved files at every count, in a process of its own)
                 "threads": point.get("threads"),
                 "baseline_threads": base.get("threads"),
-                "speedup_b1_at_baseline_threads": at_baseline_threads(
-                    workload, run_dir / "sweetspot" / "model.onnx", base.get("threads", 2)
-                ),
             }
             if args.peers_dir:
                 args.peers_dir.mkdir(parents=True, exist_ok=True)

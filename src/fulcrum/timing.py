@@ -148,7 +148,11 @@ def compare_tuned(
     for label, runner in runners.items():
         if isinstance(runner, runtimes.OnnxModel):
             own[label] = runner.threads
-            counts = runtimes.thread_choices(threads) if label in tune else (runner.threads,)
+            counts = (
+                {*runtimes.thread_choices(threads), runner.threads}
+                if label in tune
+                else {runner.threads}
+            )
             for count in counts:
                 calls[f"{label}@{count}"] = (
                     runner if count == runner.threads else runner.with_threads(count)
