@@ -143,37 +143,26 @@ def compare_tuned(
     run faster on fewer threads than the machine has. ``seconds`` is per runner, as
     ``compare_latency`` gives it for two.
     """
-    calls: dict[str, Callable[..., object]] = {}
-    own: dict[str, int] = {}
+    variants: dict[str, dict[int, Callable[..., object]]] = {}  # label -> thread count -> runner
+    own: dict[str, int] = {}  # the count each runner came with
     for label, runner in runners.items():
-        if isinstance(runner, runtimes.OnnxModel):
-            own[label] = runner.threads
-            counts = (
-                {*runtimes.thread_choices(threads), runner.threads}
-                if label in tune
-                else {runner.threads}
-            )
-            for count in counts:
-                calls[f"{label}@{count}"] = (
-                    runner if count == runner.threads else runner.with_threads(count)
-                )
-        else:
-            own[label] = threads
-            calls[f"{label}@{threads}"] = runner
+        if not isinstance(runner, runtimes.OnnxModel):  # a PyTorch model: the process's threads
+            own[label], variants[label] = threads, {threads: runner}
+            continue
+        own[label] = runner.threads
+        counts = {*runtimes.thread_choices(threads), runner.threads} if label in tune else set()
+        variants[label] = {c: runner.with_threads(c) for c in counts - {runner.threads}}
+        variants[label][runner.threads] = runner
     times = compare_latency(
-        calls,
+        {f"{label}@{c}": r for label, byc in variants.items() for c, r in byc.items()},
         example_inputs,
         batch_sizes=(batch_size,),
         threads=threads,
-        seconds=seconds * len(calls) / 2,
+        seconds=seconds * sum(map(len, variants.values())) / 2,
     )
     out = {}
-    for label in runners:
-        found = {
-            int(key.rsplit("@", 1)[1]): latency
-            for (key, _), latency in times.items()
-            if key.rsplit("@", 1)[0] == label
-        }
+    for label, byc in variants.items():
+        found = {c: times[(f"{label}@{c}", batch_size)] for c in byc}
         count = min(found, key=lambda c: found[c].median_ms)
         if found[count].median_ms > THREADS_GAIN * found[own[label]].median_ms:
             count = own[label]
