@@ -301,7 +301,11 @@ def fit(
                     progress(f"epoch {epoch + 1}/{epochs}: holdout {value:.4f}")
                 if on_epoch is not None:
                     on_epoch(epoch, value)
-                if value > best[0]:
+                # a tie keeps the later epoch: a holdout of a hundred-odd samples moves in steps
+                # of one sample and often ties, and the later weights have trained longer at the
+                # lower rates of the schedule (on `digits`, 70% pruned, ten epochs, five seeds:
+                # the first of the tied epochs cost 0.4 pt on average)
+                if value >= best[0]:
                     best, stale = (value, copy.deepcopy(model.state_dict())), 0
                 else:
                     stale += 1
