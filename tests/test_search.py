@@ -154,7 +154,9 @@ def test_killed_search_resumes_without_losing_or_replaying_trials(search_dir):
 def test_two_workers_finish_exactly_the_requested_trials(search_dir):
     out = search_dir / "run"
     env = {**os.environ, "PYTHONPATH": str(search_dir)}
-    args = search_args(search_dir, "fast", out, "--trials", "7", "--workers", "2")
+    # trials of a second or more (slow data): on the fast data, one worker can finish all
+    # seven before the second has imported torch
+    args = search_args(search_dir, "slow", out, "--trials", "7", "--workers", "2")
     proc = subprocess.run(
         [sys.executable, "-m", "fulcrum", "search", *args],
         env=env,
@@ -305,7 +307,7 @@ def test_a_recipe_drawn_twice_is_measured_once(search_dir):
                 "quantize",  # int8-static, the default mode
                 "prune:ratio=0.3 > finetune:epochs=3 > quantize",
                 "prune > finetune:epochs=3 > quantize",
-                "prune:ratio=0.7 > distill:epochs=10 > quantize",  # allocated, in a search
+                "prune:ratio=0.7 > distill:epochs=10,alpha=0.5,patience=0 > quantize",  # allocated, in a search
             ],
         ),
         (
@@ -669,7 +671,8 @@ def test_a_screened_out_recovery_is_recorded_as_pruned_with_its_curve(search_dir
     out = search_dir / "screened"
     recovered = {"use_prune": True, "prune.ratio": 0.5, "prune.importance": "magnitude"}
     recovered |= {"prune.global_pruning": False, "use_lowrank": False, "recovery": "finetune"}
-    recovered |= {"finetune.epochs": 3, "finetune.lr": 1e-3, "use_quantize": False}
+    recovered |= {"finetune.epochs": 3, "finetune.lr": 1e-3, "recovery.holdout": True}
+    recovered |= {"use_quantize": False}
     study_ = _study(out)
     study_.enqueue_trial(recovered)
     # its one trial pruned, the search has nothing to pick: exit 1
@@ -677,6 +680,24 @@ def test_a_screened_out_recovery_is_recorded_as_pruned_with_its_curve(search_dir
     trial = json.loads((out / "results.json").read_text())["trials"][0]
     assert trial["state"] == "PRUNED" and trial["pruned"] == "out of reach"
     assert len(trial["recovery_curve"]) == 2 and calls[-1] == trial["recovery_curve"]
+
+
+@pytest.mark.parametrize(("holdout", "patience"), [(True, 3), (False, 0)])
+def test_a_recovery_is_screened_on_a_holdout_or_runs_its_whole_schedule_on_all_the_data(
+    holdout, patience
+):
+    """Without the holdout (patience 0) the recovery has no early stopping and no holdout score
+    for the search to cut it short by: it trains every epoch on the whole training split."""
+    from optuna.trial import FixedTrial
+
+    from fulcrum.study import suggest_recipe
+
+    drawn = {"use_prune": True, "prune.ratio": 0.5, "prune.importance": "magnitude"}
+    drawn |= {"prune.global_pruning": False, "use_lowrank": False, "recovery": "finetune"}
+    drawn |= {"finetune.epochs": 4, "finetune.lr": 1e-3, "recovery.holdout": holdout}
+    drawn |= {"use_quantize": False}
+    recipe = suggest_recipe(FixedTrial(drawn), SearchSettings(trials=20))
+    assert recipe[-1].name == "finetune" and recipe[-1].patience == patience
 
 
 def test_a_trained_prefix_is_kept_on_disk_for_every_worker(tmp_path):
