@@ -191,3 +191,41 @@ def test_mobilenet_v2_matches_published_figures():
     ).eval()
     p = measure.profile(model, torch.zeros(1, 3, 224, 224), latency=False, runtimes_=("torch",))
     assert within(p.params_total, 3.50e6) and within(p.macs, 0.30e9, rel=0.02)
+
+
+def test_a_model_is_exported_once_until_its_weights_change(monkeypatch):
+    """``exported_bytes`` keeps the latest exports by model and weights: the same model again
+    costs no export; an in-place change of a weight (as training makes) exports anew."""
+    import copy
+
+    from fulcrum import runtimes
+
+    model = small_cnn()
+    inputs = (torch.randn(1, 3, 16, 16),)
+    calls = []
+    export = runtimes.export_onnx
+    monkeypatch.setattr(runtimes, "export_onnx", lambda *a, **k: calls.append(1) or export(*a, **k))
+    first = runtimes.exported_bytes(model, inputs)
+    assert runtimes.exported_bytes(model, inputs) == first and len(calls) == 1
+    with torch.no_grad():
+        next(model.parameters()).mul_(2.0)
+    changed = runtimes.exported_bytes(model, inputs)
+    assert len(calls) == 2 and changed != first
+    other = runtimes.exported_bytes(copy.deepcopy(model), inputs)  # another object
+    assert len(calls) == 3 and other == changed
+
+
+def test_each_export_gets_its_own_copy_of_the_reused_translation_table():
+    from torch.onnx._internal.exporter import _registration
+
+    from fulcrum import runtimes
+
+    runtimes._reuse_torchlib_registry()
+    one, two = (
+        _registration.ONNXRegistry.from_torchlib(),
+        _registration.ONNXRegistry.from_torchlib(),
+    )
+    assert one is not two and one.functions.keys() == two.functions.keys() and one.functions
+    target = next(iter(one.functions))
+    one.functions[target].clear()  # as registering a custom translation would change it
+    assert _registration.ONNXRegistry.from_torchlib().functions[target]

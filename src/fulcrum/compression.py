@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fulcrum.errors import ConfigError
-from fulcrum.runtimes import OnnxModel, export_onnx, keeps_caller_state, with_batch
+from fulcrum.runtimes import OnnxModel, exported_bytes, keeps_caller_state
 from fulcrum.techniques import Candidate, Context, TechniqueConfig, config_from_dict, get
 from fulcrum.techniques.base import coerce
 
@@ -286,14 +286,7 @@ def onnx_bytes(candidate: Candidate, example_inputs: Sequence[torch.Tensor]) -> 
     """The candidate's ONNX graph: its quantized graph, or its float model exported."""
     if candidate.onnx is not None:
         return candidate.onnx
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="fulcrum-") as tmp:
-        model = candidate.require_float("export")
-        path = export_onnx(model, with_batch(example_inputs, 1), Path(tmp) / "model.onnx")
-        import onnx
-
-        return onnx.load(str(path)).SerializeToString()
+    return exported_bytes(candidate.require_float("export"), example_inputs)
 
 
 # -- saving and reloading ---------------------------------------------------------------------

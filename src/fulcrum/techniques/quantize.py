@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from fulcrum.errors import ConfigError, DataError, TechniqueError, first_line, require
-from fulcrum.runtimes import as_inputs, export_onnx, quiet, with_batch
+from fulcrum.runtimes import as_inputs, exported_bytes, quiet, with_batch
 from fulcrum.techniques.base import (
     Candidate,
     Context,
@@ -119,11 +119,9 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
         exported = folder / "float.onnx"
         if candidate.onnx is not None:  # a graph step (fuse) came first: quantize its graph
             exported.write_bytes(candidate.onnx)
-        else:
-            export_onnx(
-                copy_model(candidate.require_float("quantize")),  # the exporter sets eval mode
-                with_batch(ctx.example_inputs, 1),
-                exported,
+        else:  # the exporter leaves the model's mode as it was
+            exported.write_bytes(
+                exported_bytes(candidate.require_float("quantize"), ctx.example_inputs)
             )
         source = _preprocess(exported, folder / "prepared.onnx", notes)
         graph = _load(source)
