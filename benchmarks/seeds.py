@@ -124,15 +124,21 @@ def main() -> None:
     summary = {
         key: spread([s[key] for s in found]) for key in ("drop_pt", "size_ratio", "speedup_b1")
     } | {"wall_seconds": spread([r["wall_seconds"] for r in runs])}
-    goals = {"max_drop_pt": args.max_drop, "min_size_ratio": 15.0, "min_speedup_b1": 5.0}
+    goals = {
+        "max_drop_pt": args.max_drop,
+        "min_size_ratio": 15.0,
+        "min_speedup_b1": 5.0,
+        "max_wall_seconds": 300.0,
+    }
     met = [
         bool(
             s
             and s["drop_pt"] <= args.max_drop + 1e-9
             and s["size_ratio"] >= goals["min_size_ratio"]
             and s["speedup_b1"] >= goals["min_speedup_b1"]
+            and r["wall_seconds"] <= goals["max_wall_seconds"]
         )
-        for s in (r["sweet_spot"] for r in runs)
+        for r, s in ((r, r["sweet_spot"]) for r in runs)
     ]
     payload = {
         "benchmark": "seeds",
