@@ -398,15 +398,23 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def as_in_a_terminal() -> None:
+    """A child's SIGINT as a terminal's foreground job has it: a test runner started in the
+    background inherits SIGINT ignored, and a search that inherits that ignores Ctrl-C too."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_search_and_its_workers_within_seconds_and_a_rerun_resumes_it(search_dir):
     """Ctrl-C in a terminal signals the search and its worker alike (one process group)."""
     out = search_dir / "run"
-    # enough trials that the search is still running when the worker, importing torch from a
-    # cold cache in a fresh clone, starts its first (with 8, the main process had nearly
-    # finished them alone and the Ctrl-C came after the last)
-    command, env = slow_search(search_dir, out, "--trials", "20", "--workers", "2")
+    command, env = slow_search(search_dir, out, "--trials", "8", "--workers", "2")
     first = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=as_in_a_terminal,
     )
     deadline = time.time() + 240
     stopped_after = None
@@ -429,7 +437,7 @@ def test_ctrl_c_stops_a_search_and_its_workers_within_seconds_and_a_rerun_resume
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stderr[-2000:]
     trials = json.loads((out / "results.json").read_text())["trials"]
-    assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in trials) == 20
+    assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in trials) == 8
     interrupted = [t["number"] for t in trials if t["state"] == "FAIL" and "recipe" in t]
     assert interrupted
     for number in interrupted:  # queued again, and measured by the rerun
@@ -439,10 +447,14 @@ def test_ctrl_c_stops_a_search_and_its_workers_within_seconds_and_a_rerun_resume
 
 def test_ctrl_c_while_a_worker_starts_ends_the_search_without_a_traceback(search_dir):
     out = search_dir / "run"
-    # trials left when the worker starts, as above
-    command, env = slow_search(search_dir, out, "--trials", "20", "--workers", "2")
+    command, env = slow_search(search_dir, out, "--trials", "8", "--workers", "2")
     first = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=as_in_a_terminal,
     )
     deadline, sent = time.time() + 240, None
     while time.time() < deadline and first.poll() is None and sent is None:
