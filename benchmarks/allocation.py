@@ -80,8 +80,9 @@ def main() -> None:
             )
             seconds[name] = round(time.perf_counter() - began, 1)
             graph = onnx_bytes(candidate, workload.example_inputs)
-            graphs.setdefault(name, graph)
-            macs[name] = counts(candidate, workload.example_inputs)[1]
+            if name not in graphs:  # pruning is deterministic: one architecture per recipe
+                graphs[name] = graph
+                macs[name] = counts(candidate, workload.example_inputs)[1]
             score = evaluate_workload(workload, OnnxModel(graph, threads), threads=threads)
             metrics[name].append(float(score.metrics[main_metric]))
             print(

@@ -398,24 +398,25 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def as_in_a_terminal() -> None:
-    """A child's SIGINT as a terminal's foreground job has it: a test runner started in the
-    background inherits SIGINT ignored, and a search that inherits that ignores Ctrl-C too."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def start_in_a_terminal(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """The search in a process group of its own, with SIGINT as a terminal's foreground job has
+    it: a test runner started in the background inherits SIGINT ignored, and a search that
+    inherits that ignores Ctrl-C too."""
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def test_ctrl_c_stops_a_search_and_its_workers_within_seconds_and_a_rerun_resumes_it(search_dir):
     """Ctrl-C in a terminal signals the search and its worker alike (one process group)."""
     out = search_dir / "run"
     command, env = slow_search(search_dir, out, "--trials", "8", "--workers", "2")
-    first = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=as_in_a_terminal,
-    )
+    first = start_in_a_terminal(command, env)
     deadline = time.time() + 240
     stopped_after = None
     while time.time() < deadline and first.poll() is None:
@@ -448,14 +449,7 @@ def test_ctrl_c_stops_a_search_and_its_workers_within_seconds_and_a_rerun_resume
 def test_ctrl_c_while_a_worker_starts_ends_the_search_without_a_traceback(search_dir):
     out = search_dir / "run"
     command, env = slow_search(search_dir, out, "--trials", "8", "--workers", "2")
-    first = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=as_in_a_terminal,
-    )
+    first = start_in_a_terminal(command, env)
     deadline, sent = time.time() + 240, None
     while time.time() < deadline and first.poll() is None and sent is None:
         for entry in Path("/proc").iterdir():  # the worker: a child process, still importing
