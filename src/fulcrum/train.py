@@ -105,6 +105,70 @@ def layer_outputs(model: nn.Module, wanted: list[int]) -> Iterator[dict[int, tor
             hook.remove()
 
 
+# the teacher's outputs kept for reuse: on CPython's 10k sentences, the output and two of
+# all-MiniLM-L6-v2's layers are about 0.8 GB
+TEACHER_MEMO_BYTES = 4 << 30
+
+
+class TeacherMemo:
+    """The teacher's output, and the outputs of its encoder layers ``layers``, for a batch:
+    computed once per training example and taken from memory when the example comes again in a
+    later epoch (in another batch, padded to another length), up to ``limit`` bytes.
+
+    Distilling a 2-layer student of all-MiniLM-L6-v2, the teacher's forward pass was half of
+    each training step (149 of 300 ms per batch of 32). An example is known by its inputs
+    (the real tokens only, where an attention mask says which), so reuse needs no index from
+    the data loader; a batch with any example not yet seen is computed whole.
+    """
+
+    def __init__(self, teacher: nn.Module, layers: list[int], limit: int) -> None:
+        self.teacher, self.layers, self.limit = teacher, layers, limit
+        self.size = 0
+        self.seen: dict[bytes, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+
+    def __call__(
+        self, inputs: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        mask = token_mask(inputs)
+        real = [None] * len(inputs[0]) if mask is None else mask.bool()
+        keys = [self._key(inputs, i, real[i]) for i in range(len(inputs[0]))]
+        if self.limit and all(k in self.seen for k in keys):
+            rows = [self.seen[k] for k in keys]
+            output = torch.stack([r[0] for r in rows])
+            hidden = {}
+            for j, layer in enumerate(self.layers):
+                width = rows[0][1][j].shape[-1]
+                if mask is None:
+                    hidden[layer] = torch.stack([r[1][j] for r in rows])
+                    continue
+                hidden[layer] = torch.zeros((*mask.shape, width), dtype=rows[0][1][j].dtype)
+                for i, r in enumerate(rows):
+                    hidden[layer][i, real[i]] = r[1][j]
+            return output, hidden
+        with torch.no_grad(), layer_outputs(self.teacher, self.layers) as theirs:
+            output = output_tensor(self.teacher(*inputs))
+        found = {t: theirs[t] for t in self.layers}
+        for i, key in enumerate(keys):
+            if self.size >= self.limit or key in self.seen:
+                continue
+            layers = tuple(
+                (found[t][i] if mask is None else found[t][i, real[i]]).clone() for t in self.layers
+            )
+            self.seen[key] = (output[i].clone(), layers)
+            self.size += len(key) + sum(t.nbytes for t in (output[i], *layers))
+        return output, found
+
+    @staticmethod
+    def _key(inputs: tuple[torch.Tensor, ...], row: int, real: torch.Tensor | None) -> bytes:
+        parts = []
+        for x in inputs:
+            part = x[row]
+            if real is not None and part.shape == real.shape:
+                part = part[real]
+            parts.append(part.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return b"\x00".join(parts)
+
+
 def contrastive_loss(
     first: torch.Tensor, second: torch.Tensor, scale: float = 20.0
 ) -> torch.Tensor:
@@ -242,9 +306,7 @@ def fit(
     projections = nn.ModuleList()
     if hidden is not None and teacher is not None:
         projections = _projections(model, teacher, hidden, as_inputs(next(iter(fit_loader))[0]))
-    optimizer = torch.optim.AdamW(
-        [*model.parameters(), *projections.parameters()], lr=lr, weight_decay=weight_decay
-    )
+    optimizer = adamw([*model.parameters(), *projections.parameters()], lr, weight_decay)
     # under torchrun: each process computes on its slice of every batch, DDP averages gradients
     size, index = distributed.world_size(), distributed.rank()
     trained = distributed.wrap(model)
@@ -254,10 +316,14 @@ def fit(
     best: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
     stale = 0
     pairs = hidden.pairs if hidden is not None else ()
-    with (
-        layer_outputs(model, [s for s, _ in pairs]) as mine,
-        layer_outputs(teacher or model, [t for _, t in pairs]) as theirs,
-    ):
+    memo = None
+    if teacher is not None and (alpha > 0 or hidden is not None):
+        # the teacher's outputs depend on the example only (it is in eval mode): computed once
+        # and reused every later epoch, unless each epoch changes the inputs (augmentation) or
+        # splits the batches (DDP)
+        remember = epochs > 1 and transform is None and size == 1
+        memo = TeacherMemo(teacher, [t for _, t in pairs], TEACHER_MEMO_BYTES if remember else 0)
+    with layer_outputs(model, [s for s, _ in pairs]) as mine:
         for epoch in range(epochs):
             model.train()
             for x, y in fit_loader:
@@ -281,9 +347,8 @@ def fit(
                     loss = loss + (1.0 - alpha) * hard(out, y)
                 if unlabelled:
                     loss = loss + contrastive_loss(out, second)
-                if teacher is not None and (alpha > 0 or hidden is not None):
-                    with torch.no_grad():
-                        target = output_tensor(teacher(*inputs))
+                if memo is not None:
+                    target, theirs = memo(inputs)
                     if alpha > 0:
                         loss = loss + alpha * soft_loss(task, out, target, temperature)
                     if hidden is not None:
@@ -320,6 +385,17 @@ def fit(
     return model.eval()
 
 
+def adamw(parameters: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, with its fused kernel where that applies (float32/64 on CPU or CUDA): the default
+    on CPU steps parameter by parameter, and updating all-MiniLM-L6-v2's 11.7 M-entry word
+    embedding table took 65 ms of a 300 ms distillation step with it, 8 ms fused."""
+    fused = all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+        for p in parameters
+    )
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def hidden_distance(
     student: torch.Tensor, teacher: torch.Tensor, inputs: tuple[torch.Tensor, ...]
 ) -> torch.Tensor:
@@ -328,16 +404,27 @@ def hidden_distance(
     ``(batch, tokens)``). Padded positions hold whatever the layer computed for them; matching
     them spent most of the loss on short sentences padded to a batch's longest."""
     distance = (student - teacher).pow(2).mean(-1)
+    mask = token_mask(inputs)
+    if mask is not None and mask.shape == distance.shape:
+        weight = mask.to(distance.dtype)
+        return (distance * weight).sum() / weight.sum()
+    return distance.mean()
+
+
+def token_mask(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """The attention mask among a model's inputs, if any: when the first input is token ids
+    ``(batch, tokens)``, a later integer 0/1 tensor of the same shape with some ones."""
+    if inputs[0].ndim != 2 or inputs[0].is_floating_point():
+        return None
     for mask in inputs[1:]:
         if (
-            mask.shape == distance.shape
+            mask.shape == inputs[0].shape
             and not mask.is_floating_point()
             and bool(((mask == 0) | (mask == 1)).all())
             and bool(mask.any())
         ):
-            weight = mask.to(distance.dtype)
-            return (distance * weight).sum() / weight.sum()
-    return distance.mean()
+            return mask
+    return None
 
 
 def _projections(
