@@ -318,6 +318,7 @@ def test_a_recipe_drawn_twice_is_measured_once(search_dir):
                 "prune:ratio=0.3 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
                 "layers:ratio=0.5 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
                 "layers:ratio=0.33 > heads:ratio=0.25,ffn=0.5 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
+                "layers:ratio=0.33 > heads:ffn=0.75 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
             ],
         ),
     ],
@@ -410,6 +411,25 @@ def start_in_a_terminal(command: list[str], env: dict[str, str]) -> subprocess.P
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def test_an_interrupt_that_python_drops_inside_a_finalizer_is_sent_again():
+    """A signal handled while a ``__del__`` (or weakref callback) runs raises there, and Python
+    prints and drops the exception; the search must still stop. SIGTERM, which a test run in
+    the background does not ignore, goes through the same handler as Ctrl-C."""
+    from fulcrum.study import Interrupt
+
+    class Finalised:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)
+            sum(range(10))  # the handler runs here, inside __del__
+
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt), Interrupt():
+        Finalised()
+        while time.perf_counter() - start < 10:
+            time.sleep(0.01)
+    assert time.perf_counter() - start < 2
 
 
 def test_ctrl_c_stops_a_search_and_its_workers_within_seconds_and_a_rerun_resumes_it(search_dir):
