@@ -307,7 +307,7 @@ def test_a_recipe_drawn_twice_is_measured_once(search_dir):
                 "quantize",  # int8-static, the default mode
                 "prune:ratio=0.3 > finetune:epochs=3 > quantize",
                 "prune > finetune:epochs=3 > quantize",
-                "prune:ratio=0.7 > distill:epochs=10,alpha=0.5,patience=0 > quantize",  # allocated, in a search
+                "prune:ratio=0.7 > distill:epochs=8,alpha=0.5,patience=0 > quantize",  # allocated; --max-epochs 8
             ],
         ),
         (
@@ -316,9 +316,10 @@ def test_a_recipe_drawn_twice_is_measured_once(search_dir):
             [
                 "fuse > quantize:mode=int8-dynamic,embeddings=int4",
                 "prune:ratio=0.3 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
-                "layers:ratio=0.5 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
-                "layers:ratio=0.33 > heads:ratio=0.25,ffn=0.5 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
-                "layers:ratio=0.33 > heads:ffn=0.75 > distill:epochs=3,hidden=1.0 > fuse > quantize:mode=int8-dynamic,embeddings=int4",
+                # the structural students recover for the search's whole epoch budget (8 here)
+                "layers:ratio=0.5 > distill:epochs=8,hidden=1.0 > fuse > quantize:mode=int8-dynamic",
+                "layers:ratio=0.33 > heads:ratio=0.25,ffn=0.5 > distill:epochs=8,hidden=1.0 > fuse > quantize:mode=int8-dynamic",
+                "layers:ratio=0.33 > heads:ffn=0.75 > distill:epochs=8,hidden=1.0 > fuse > quantize:mode=int8-dynamic",
             ],
         ),
     ],
@@ -330,7 +331,7 @@ def test_warm_start_draws_int8_alone_then_pruning_with_recovery(task, transforme
     from fulcrum.compression import recipe_text
     from fulcrum.study import suggest_recipe, warm_start
 
-    settings = SearchSettings(trials=20)
+    settings = SearchSettings(trials=20, max_epochs=8)
     rest = {"fuse.level": 1, "finetune.epochs": 3, "finetune.lr": 1e-3}
     rest |= {"distill.epochs": 3, "distill.temperature": 4.0, "distill.alpha": 0.7}
     drawn = [
