@@ -38,11 +38,13 @@ from fulcrum.techniques import Candidate
 from fulcrum.workloads import load
 
 INT8_ONLY = "fuse > quantize:int8-dynamic,embeddings=int4"
-DISTILL = "distill:epochs=3,hidden=1"
+# the search's structural warm starts, recovered at length (8 epochs) with 8-bit embedding tables
+DISTILL = "distill:epochs=8,hidden=1,patience=0"
+INT8 = "fuse > quantize:int8-dynamic,embeddings=int8"
 STRUCTURAL_RECIPES = (
-    f"layers:keep=3 > {DISTILL} > {INT8_ONLY}",
-    f"layers:keep=2 > heads:ratio=0.25,ffn=0.5 > {DISTILL} > {INT8_ONLY}",
-    f"layers:keep=1 > {DISTILL} > {INT8_ONLY}",
+    f"layers:keep=3 > {DISTILL} > {INT8}",
+    f"layers:keep=2 > heads:ratio=0.25,ffn=0.5 > {DISTILL} > {INT8}",
+    f"layers:keep=2 > heads:ratio=0.5,ffn=0.75 > {DISTILL} > {INT8}",
 )
 STRUCTURAL = re.compile(r"\b(layers|heads)\b")
 
