@@ -38,7 +38,8 @@ from fulcrum.techniques import Candidate
 from fulcrum.workloads import load
 
 INT8_ONLY = "fuse > quantize:int8-dynamic,embeddings=int4"
-# the search's structural warm starts, recovered at length (8 epochs) with 8-bit embedding tables
+# the search's structural warm starts with 8-bit embedding tables, recovered for 8 epochs on
+# all the training text (a search screens them on a holdout and may stop them early)
 DISTILL = "distill:epochs=8,hidden=1,patience=0"
 INT8 = "fuse > quantize:int8-dynamic,embeddings=int8"
 STRUCTURAL_RECIPES = (

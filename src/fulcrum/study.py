@@ -439,10 +439,10 @@ def warm_start(
             "distill.epochs": 10,  # the space's longest, capped by --max-epochs like any draw
             "use_layers": True,
             "layers.ratio": depth,
-            "use_heads": ffn > 0,
+            "use_heads": bool(heads or ffn),
             **(
                 {"heads.ratio": heads, "heads.ffn": ffn, "heads.global_ranking": False}
-                if ffn
+                if heads or ffn
                 else {}
             ),
             **distilled,
