@@ -1,5 +1,6 @@
 """Transformer models end to end: a tiny BERT and its tokenizer on disk, as a user would bring them."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import transformers
 from fulcrum import measure
 from fulcrum.cli import main
 from fulcrum.compression import compress
-from fulcrum.errors import ConfigError, MissingDependencyError
+from fulcrum.errors import ConfigError, MissingDependencyError, TechniqueError
 from fulcrum.runtimes import OnnxModel, export_onnx
 from fulcrum.workloads import load
 
@@ -274,3 +275,39 @@ def test_layer_dropping_refuses_what_the_model_does_not_have(text_toml):
         compress(workload.model, "layers:indices=0+7", workload)
     with pytest.raises(ConfigError, match=r"needs a transformer encoder.*Sequential has none"):
         compress(tiny_mlp(), "layers:keep=1", workload)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "quantize:int8-static,calibration=percentile",
+        "fuse > quantize:int8-static,calibration=entropy",
+        "quantize:int8-static,calibration=minmax",
+    ],
+)
+def test_static_int8_calibrates_on_batches_of_different_lengths(text_toml, recipe):
+    """Histogram calibrations stacked every batch's activations into one array, which failed
+    when text batches were padded to different lengths; they now merge batch by batch."""
+    workload = load(str(text_toml))
+    (ids, mask), y = next(iter(workload.val))
+    batches = []  # batches of 4 texts, each padded to its own longest, as the text loader does
+    for i in range(0, len(ids), 4):
+        length = int(mask[i : i + 4].sum(dim=1).max())
+        batches.append(((ids[i : i + 4, :length], mask[i : i + 4, :length]), y[i : i + 4]))
+    assert len({b[0][0].shape[1] for b in batches[:4]}) > 1  # the case in question
+    workload = dataclasses.replace(workload, calib=batches)
+    int8 = compress(workload.model, f"{recipe},calib_batches=4", workload)
+    assert int8.steps[-1].facts["calib_batches"] == min(4, len(list(workload.calib)))
+    cosines = []
+    for (ids, mask), _ in workload.val:
+        with torch.no_grad():
+            expected = workload.model(ids, mask)
+        got = OnnxModel(int8.onnx)(ids, mask)
+        cosines.append(torch.nn.functional.cosine_similarity(got, expected))
+    assert float(torch.cat(cosines).mean()) > 0.95
+
+
+def test_entropy_calibration_of_an_unfused_transformer_says_to_fuse_first(text_toml):
+    workload = load(str(text_toml))
+    with pytest.raises(TechniqueError, match="put fuse before quantize"):
+        compress(workload.model, "quantize:int8-static,calibration=entropy", workload)

@@ -24,7 +24,7 @@ import contextlib
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -318,7 +318,14 @@ def _batch_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
 
 
 class _CalibrationReader:
-    """ONNX Runtime's CalibrationDataReader over the first ``limit`` calibration batches."""
+    """ONNX Runtime's CalibrationDataReader over the first ``limit`` calibration batches.
+
+    It also has the length and ``set_range`` that ONNX Runtime's strided calibration asks for:
+    ``static`` collects one batch at a time, so that the histogram calibrations (percentile,
+    entropy) merge one batch's histogram into the next instead of stacking every batch's
+    activations into one array, which fails when batches differ in shape (text padded to each
+    batch's longest sentence).
+    """
 
     def __init__(self, batches: Iterable[Any], graph: Any, limit: int) -> None:
         from onnx import helper
@@ -329,24 +336,41 @@ class _CalibrationReader:
             for i in graph.graph.input
             if i.name not in initializers
         ]
-        self.batches, self.limit, self.count = batches, limit, 0
-        self.iterator: Iterator[Any] | None = None
+        self.batches, self.limit = batches, limit
+        self.feeds: list[dict[str, np.ndarray]] | None = None
+        self.start, self.end = 0, limit
+
+    def _feeds(self) -> list[dict[str, np.ndarray]]:
+        if self.feeds is None:
+            self.feeds = []
+            for batch in self.batches:
+                if len(self.feeds) == self.limit:
+                    break
+                self.feeds.append(
+                    {
+                        name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=dtype)
+                        for (name, dtype), x in zip(self.inputs, _batch_inputs(batch), strict=True)
+                    }
+                )
+        return self.feeds
+
+    @property
+    def count(self) -> int:
+        """How many calibration batches there are (at most ``limit``)."""
+        return len(self._feeds())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end = start_index, end_index
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.iterator is None:
-            self.iterator = iter(self.batches)
-        batch = next(self.iterator, None) if self.count < self.limit else None
-        if batch is None:
+        feeds = self._feeds()
+        if self.start >= min(self.end, len(feeds)):
             return None
-        self.count += 1
-        tensors = _batch_inputs(batch)
-        return {
-            name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=dtype)
-            for (name, dtype), x in zip(self.inputs, tensors, strict=True)
-        }
-
-    def rewind(self) -> None:
-        self.iterator, self.count = None, 0
+        self.start += 1
+        return feeds[self.start - 1]
 
 
 def _quantize_int8(
@@ -389,15 +413,22 @@ def _quantize_int8(
         "entropy": q.CalibrationMethod.Entropy,
         "percentile": q.CalibrationMethod.Percentile,
     }[config.calibration]
-    options = {"CalibMaxIntermediateOutputs": 16}  # bounds calibration memory (MinMax only)
+    # one batch per collection (ONNX Runtime strides every method, despite the option's name):
+    # bounds calibration memory, and histograms need it (see the reader)
+    options: dict[str, Any] = {"CalibStridedMinMax": 1}
     try:
         static(source, target, reader, method, options, config, exclude)
     except ValueError as exc:
+        if "finite-sized bins" in str(exc):  # numpy cannot bin float32's whole range
+            raise TechniqueError(
+                f"quantize:calibration={config.calibration} could not make a histogram of a "
+                "tensor that spans float32's whole range (an unfused transformer's attention "
+                "mask): put fuse before quantize, or use calibration=percentile."
+            ) from None
         # ONNX Runtime's bias-scale adjustment compares arrays as scalars for per-channel weights
         # of some graphs (a scikit-learn MLP converted by skl2onnx): quantize without it
         if "truth value of an array" not in str(exc):
             raise
-        reader = _CalibrationReader(ctx.calib, graph, config.calib_batches)
         options["QDQDisableWeightAdjustForInt32Bias"] = True
         static(source, target, reader, method, options, config, exclude)
         notes.append(
