@@ -394,12 +394,11 @@ def ort_session(path: Path | str | bytes, threads: int | None = None) -> Any:
     run returns.
 
     Left alone, worker threads keep a core busy ~50 ms after each run and slow whatever is
-    timed next. Turning spinning off altogether cost 10-25% of every model's speed within the
-    run (all-MiniLM-L6-v2 at 128 tokens, 2 threads: fp32 39 against 33 ms, int8 24 against
-    21; `digits` 0.46 against 0.34 ms; medians, interleaved). Stopping when each run returns
-    keeps the spinning within a run, as ONNX Runtime's default has it, and PyTorch timed in
-    the same rounds was no slower than beside sessions that never spin (`digits` 1.78 against
-    1.96 ms).
+    timed next. Turning spinning off altogether made every run 22-29% longer (batch 1, 2
+    threads: all-MiniLM-L6-v2 fp32 40.9 against 32.9 ms, `digits` 0.42 against 0.33 ms;
+    benchmarks/ort_spinning.py). Stopping when each run returns keeps the spinning within a
+    run, as ONNX Runtime's default has it, and PyTorch timed in the same rounds was as fast
+    within their spread.
     """
     import onnxruntime as ort
 
