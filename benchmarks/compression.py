@@ -103,11 +103,9 @@ def summarize(label: str, result: dict[str, Any]) -> dict[str, Any]:
         "text": result["recipe"],
         "runtime": result["runtime"],
         "metric": main,
-        "baseline": base["evaluation"]["metrics"][main],
-        "candidate": cand["evaluation"]["metrics"][main],
-        "drop_pt": round(
-            (base["evaluation"]["metrics"][main] - cand["evaluation"]["metrics"][main]) * 100, 2
-        ),
+        "baseline": base["metrics"][main],
+        "candidate": cand["metrics"][main],
+        "drop_pt": round((base["metrics"][main] - cand["metrics"][main]) * 100, 2),
         "onnx_size_ratio": round(base["bytes"]["onnx"] / cand["bytes"]["onnx"], 2),
         "params_ratio": round(base["params"] / cand["params"], 2),
         "speedup": speed,
@@ -131,7 +129,9 @@ def main() -> None:
         for label, recipe in RECIPES[name].items():
             if args.recipe and label not in args.recipe:
                 continue
-            result = compress_run(workload, recipe, seconds=args.seconds)["comparison"]
+            run = compress_run(workload, recipe, seconds=args.seconds)
+            assert run is not None and run.comparison is not None
+            result = run.comparison.model_dump(mode="json")
             rows.append(summarize(label, result))
             r = rows[-1]
             print(

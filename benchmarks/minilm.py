@@ -29,8 +29,8 @@ from fulcrum import timing
 from fulcrum.compression import compress, onnx_bytes
 from fulcrum.evaluation import evaluate_workload
 from fulcrum.runtimes import OnnxModel, default_threads
-from fulcrum.study import SearchSettings
-from fulcrum.sweetspot import search
+from fulcrum.search.run import search
+from fulcrum.search.settings import SearchSettings
 from fulcrum.techniques import Candidate
 from fulcrum.workloads import Workload, load
 
@@ -123,7 +123,7 @@ def main() -> None:
     start = time.perf_counter()
     result = search(
         workload, settings, run_dir, spec="minilm", progress=lambda m: print(m, flush=True)
-    )
+    ).model_dump(mode="json")
     wall = time.perf_counter() - start
 
     base_bytes = onnx_bytes(Candidate(model=workload.model), workload.example_inputs)

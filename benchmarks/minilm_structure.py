@@ -32,8 +32,8 @@ from minilm import judge
 from fulcrum.compression import compress, onnx_bytes
 from fulcrum.measure import environment
 from fulcrum.runtimes import default_threads
-from fulcrum.study import SearchSettings
-from fulcrum.sweetspot import search
+from fulcrum.search.run import search
+from fulcrum.search.settings import SearchSettings
 from fulcrum.techniques import Candidate
 from fulcrum.workloads import load
 
@@ -85,7 +85,7 @@ def main() -> None:
         )
         result = search(
             workload, settings, run_dir, spec="minilm", progress=lambda m: print(m, flush=True)
-        )
+        ).model_dump(mode="json")
     wall = time.perf_counter() - start
 
     base_bytes = onnx_bytes(Candidate(model=workload.model), workload.example_inputs)

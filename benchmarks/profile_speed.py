@@ -16,7 +16,7 @@ import torch
 from fulcrum.measure import environment, profile
 from fulcrum.runtimes import default_threads
 from fulcrum.workloads import load
-from fulcrum.workloads.text import transformers_module
+from fulcrum.workloads.text import transformers_quietly
 
 
 def timed(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, object]:
@@ -35,8 +35,8 @@ def timed(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str,
 
 
 def main() -> None:
-    transformers = transformers_module()
-    bert = transformers.BertModel(transformers.BertConfig()).eval()
+    with transformers_quietly() as transformers:
+        bert = transformers.BertModel(transformers.BertConfig()).eval()
     rows = {"bert-base, sequence 128": timed(bert, (torch.randint(0, 30000, (1, 128)),))}
     minilm = load("minilm")
     rows["all-MiniLM-L6-v2 with mask, sequence 128"] = timed(minilm.model, minilm.example_inputs)

@@ -31,8 +31,8 @@ from fulcrum.compression import compress, onnx_bytes
 from fulcrum.evaluation import evaluate_workload
 from fulcrum.metrics import MAIN_METRIC
 from fulcrum.runtimes import OnnxModel, default_threads
-from fulcrum.study import SearchSettings
-from fulcrum.sweetspot import search
+from fulcrum.search.run import search
+from fulcrum.search.settings import SearchSettings
 from fulcrum.techniques import Candidate
 from fulcrum.workloads import load
 
@@ -103,7 +103,7 @@ def main() -> None:
     start = time.perf_counter()
     result = search(
         workload, settings, run_dir, spec=args.workload, progress=lambda m: print(m, flush=True)
-    )
+    ).model_dump(mode="json")
     wall = time.perf_counter() - start
     base_metric = result["baseline"]["metric"]
 

@@ -30,8 +30,8 @@ import torch
 
 from fulcrum.compression import onnx_bytes
 from fulcrum.runtimes import as_inputs
-from fulcrum.study import SearchSettings
-from fulcrum.sweetspot import search
+from fulcrum.search.run import search
+from fulcrum.search.settings import SearchSettings
 from fulcrum.techniques import Candidate
 from fulcrum.workloads import load
 
@@ -64,7 +64,7 @@ def main() -> None:
             trials=args.trials, max_drop=args.max_drop, seed=seed, max_epochs=args.max_epochs
         )
         start = time.perf_counter()
-        result = search(workload, settings, run_dir, spec=args.workload)
+        result = search(workload, settings, run_dir, spec=args.workload).model_dump(mode="json")
         wall = time.perf_counter() - start
         base, point = result["baseline"], result["pick"]["point"]
         states = [t["state"] for t in result["trials"]]

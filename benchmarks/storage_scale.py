@@ -1,6 +1,6 @@
 """What a shared Optuna storage costs per trial, with 1 to 8 local workers, on SQLite and PostgreSQL.
 
-Each worker is a process that opens the storage the way a search does (``fulcrum.study.
+Each worker is a process that opens the storage the way a search does (``fulcrum.search.storage.
 storage_for``: heartbeats, retry of stale trials) and runs ``study.optimize`` on a trivial
 objective (one float drawn, no work) until the study has the requested trials. The time from
 the first worker's first trial to the last worker's end (process start-up and imports left out)
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def worker(url: str, name: str, trials: int, sampler: str, times: str) -> None:
     import optuna
 
-    from fulcrum.study import storage_for
+    from fulcrum.search.storage import storage_for
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = storage_for(url)
@@ -50,7 +50,7 @@ def worker(url: str, name: str, trials: int, sampler: str, times: str) -> None:
 def measure(url: str, workers: int, trials: int, sampler: str) -> dict[str, Any]:
     import optuna
 
-    from fulcrum.study import storage_for
+    from fulcrum.search.storage import storage_for
 
     name = f"scale-{workers}-{sampler}"
     optuna.create_study(study_name=name, storage=storage_for(url))

@@ -116,3 +116,27 @@ def search_dir(tmp_path: Path) -> Path:
             f'task = "multiclass"\nmodel = "slowcode:make_model"\ndata = "slowcode:{name}"\n'
         )
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def results_follow_the_schema(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """Every results.json a test writes validates against the published JSON Schema (but those
+    a test damages on purpose, marked ``damages_results``)."""
+    yield
+    if request.node.get_closest_marker("damages_results"):
+        return
+    import json
+
+    import jsonschema
+
+    from fulcrum.runfolder import SCHEMA
+
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    for path in tmp_path.rglob("results.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a test that damages the file on purpose
+        if isinstance(data, dict) and data.get("format") == "fulcrum-run":
+            errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
+            assert not errors, f"{path}: {errors[0].message} at {list(errors[0].path)}"

@@ -69,6 +69,13 @@ CASES = {
             "bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:splits"\ncheckpoint = "nowhere.safetensors"\n'
         },
     ),
+    "num_classes 0": (
+        ["evaluate", "bad.toml"],
+        "bad.toml: num_classes must be a positive whole number; got 0",
+        {
+            "bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:splits"\nnum_classes = 0\n'
+        },
+    ),
     "model and onnx": (
         ["evaluate", "bad.toml"],
         "exactly one of 'model'",
@@ -142,8 +149,88 @@ CASES = {
     "out is a file": (["search", "TOML", "--out", "FILE"], "--out", {}),
     "threads 0": (["profile", "TOML", "--threads", "0"], "argument --threads", {}),
     "json into a folder": (["profile", "TOML", "--json", "FOLDER"], "--json", {}),
-    "export of a folder that is no run": (["export", "FOLDER"], "not a Fulcrum run folder", {}),
+    "export of a folder that is no run": (["export", "FOLDER"], "is not a run folder", {}),
     "report of a folder that is no run": (["report", "FOLDER"], "FOLDER", {}),
+    # issue #27: each of these exited 3 ("a bug in Fulcrum") or ran unbounded work first
+    "input_shape of words": (
+        ["evaluate", "bad.toml"],
+        "input_shape must list positive whole numbers",
+        {
+            "bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:splits"\ninput_shape = ["a", 4]\n'
+        },
+    ),
+    "input_shape negative": (
+        ["evaluate", "bad.toml"],
+        "got [-1, 4]",
+        {
+            "bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:splits"\ninput_shape = [-1, 4]\n'
+        },
+    ),
+    "npz data file missing": (
+        ["evaluate", "bad.toml"],
+        "missing.npz' does not exist",
+        {"bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "missing.npz"\n'},
+    ),
+    "text file named npz": (
+        ["evaluate", "bad.toml"],
+        "fake.npz is not a .npz file",
+        {
+            "bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "fake.npz"\n',
+            "fake.npz": "text",
+        },
+    ),
+    "model factory raises": (
+        ["evaluate", "bad.toml"],
+        "your model callable 'MOD:broken' raised ValueError: my factory broke at MOD.py",
+        {"bad.toml": 'task = "multiclass"\nmodel = "MOD:broken"\ndata = "MOD:splits"\n'},
+    ),
+    "data callable raises": (
+        ["evaluate", "bad.toml"],
+        "your data callable 'MOD:broken_data' raised KeyError",
+        {"bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:broken_data"\n'},
+    ),
+    "nan in the inputs": (
+        ["evaluate", "bad.toml"],
+        "data split 'val' has NaN or infinite inputs (sample 3 first)",
+        {"bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:with_nan"\n'},
+    ),
+    "checkpoint is a folder": (
+        ["evaluate", "bad.toml"],
+        "is a folder; name the weights file in it",
+        {
+            "bad.toml": 'task = "multiclass"\nmodel = "MOD:make_model"\ndata = "MOD:splits"\ncheckpoint = "afolder"\n'
+        },
+    ),
+    "recipe of 3001 steps": (
+        ["compress", "TOML", "--recipe", " > ".join(["prune"] * 3001), "--out", "OUT"],
+        "characters long; a recipe is at most",
+        {},
+    ),
+    "recipe of 17 steps": (
+        ["compress", "TOML", "--recipe", " > ".join(["finetune:1"] * 17), "--out", "OUT"],
+        "the recipe has 17 steps; a recipe has at most 16",
+        {},
+    ),
+    "skip of 100,000 characters": (
+        ["compress", "TOML", "--recipe", "prune:skip=" + "x" * 3900, "--out", "OUT"],
+        "(3,900 characters)' is not in the model",
+        {},
+    ),
+    "recipe toml with an unknown table": (
+        ["compress", "TOML", "--recipe", "recipe.toml", "--out", "OUT"],
+        "'extra', which a recipe does not know",
+        {"recipe.toml": '[[step]]\ntechnique = "prune"\n[extra]\nx = 1\n'},
+    ),
+    "trial seconds negative": (
+        ["search", "TOML", "--trial-seconds", "-1", "--out", "OUT"],
+        "--trial-seconds must be a positive number of seconds",
+        {},
+    ),
+    "a refused storage server leaves no folder": (
+        ["search", "TOML", "--storage", "postgresql://nobody@127.0.0.1:9/none", "--out", "OUT"],
+        "no postgresql server answers at 127.0.0.1:9",
+        {},
+    ),
 }
 
 EXTRA_CODE = """
@@ -156,6 +243,21 @@ def empty_train():
 def with_calibration():
     data = splits()
     return {"val": data["val"], "calibration": data["train"]}
+
+
+def broken():
+    raise ValueError("my factory broke")
+
+
+def broken_data():
+    return splits()["nope"]
+
+
+def with_nan():
+    x, y = splits()["val"]
+    x = x.clone()
+    x[3, 1] = float("nan")
+    return {"val": (x, y)}
 """
 
 
@@ -180,7 +282,7 @@ def test_bad_input_exits_2_in_one_line_and_writes_nothing(case, user_dir, capsys
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2, err
-    needle = places.get(needle, needle)
+    needle = places.get(needle, needle).replace("MOD", module)
     assert needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     after = sorted(p.name for p in Path(user_dir).iterdir() if p.name != "__pycache__")
@@ -199,5 +301,6 @@ def test_an_unexpected_error_is_reported_as_a_bug_with_exit_3(capsys, monkeypatc
     err = capsys.readouterr().err
     assert "internal error: KeyError" in err and "fulcrum env" in err
     assert len(err.strip().splitlines()) == 1
-    with pytest.raises(KeyError):
-        main(["--debug", "workloads"])
+    assert main(["--debug", "workloads"]) == 3  # the same code, with the traceback
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'boom'" in err

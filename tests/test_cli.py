@@ -9,6 +9,7 @@ from torch import nn
 from conftest import module_of
 from fulcrum.cli import main
 from fulcrum.runtimes import export_onnx
+from tests_support import fulcrum_env
 
 
 def run(capsys, *argv):
@@ -87,6 +88,7 @@ def test_bad_module_reference_from_the_console_script(user_dir):
     )
     proc = subprocess.run(
         [sys.executable, "-m", "fulcrum", "evaluate", str(user_dir / "bad.toml")],
+        env=fulcrum_env(),
         capture_output=True,
         text=True,
         timeout=120,

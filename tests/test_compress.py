@@ -116,7 +116,7 @@ def test_compress_command_writes_a_run_folder(capsys, user_dir, tmp_path):
         for rt in ("torch", "onnxruntime")
         for b in (1, 4)
     }
-    assert "hits" in result["candidate"]["evaluation"]["metrics"]  # the workload's own metric
+    assert "hits" in result["candidate"]["metrics"]  # the workload's own metric
     assert (tmp_path / "run" / "model.onnx").stat().st_size > 0
     report = (tmp_path / "run" / "report.html").read_text()  # compress runs get a report too
     assert "fulcrum compress" in report and (tmp_path / "run" / "card.md").is_file()

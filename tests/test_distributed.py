@@ -62,12 +62,12 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     reason="torchrun not installed",
 )
 def test_compress_runs_under_torchrun_and_rank_0_writes_the_run(tmp_path):
-    from tests_support import write_user_workload
+    from tests_support import fulcrum_env, write_user_workload
 
     toml = write_user_workload(tmp_path)
     out = tmp_path / "run"
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = fulcrum_env(OMP_NUM_THREADS="1")
     command = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "fulcrum"]
     done = subprocess.run(
         [

@@ -272,6 +272,38 @@ def test_relative_max_drop_is_a_percentage_of_the_baseline():
     assert Budget("accuracy", baseline=0.8, max_drop=1.0).allows(Point("p", {"accuracy": 0.7915}))
 
 
+@pytest.mark.parametrize(
+    ("budget", "on_bound", "past_bound"),
+    [
+        # 0.93 - 0.93 x 1% is 0.9207000000000001: 0.9207 is below it by float rounding only
+        (
+            Budget("accuracy", baseline=0.93, max_drop=1.0, relative=True),
+            {"accuracy": 0.9207, "latency_ms": 1.0},
+            {"accuracy": 0.9206, "latency_ms": 1.0},
+        ),
+        # 0.5006 - 0.01 is 0.49060000000000004
+        (
+            Budget("accuracy", baseline=0.5006, max_drop=1.0),
+            {"accuracy": 0.4906, "latency_ms": 1.0},
+            {"accuracy": 0.4905, "latency_ms": 1.0},
+        ),
+        # 0.1 + 0.2 is 0.30000000000000004
+        (
+            Budget("accuracy", baseline=0.9, limits={"latency_ms": 0.3}),
+            {"accuracy": 0.9, "latency_ms": 0.1 + 0.2},
+            {"accuracy": 0.9, "latency_ms": 0.3001},
+        ),
+    ],
+    ids=["relative floor", "absolute floor", "cost limit"],
+)
+def test_a_point_on_a_bound_is_within_the_budget_despite_float_rounding(
+    budget, on_bound, past_bound
+):
+    on, past = Point("on", on_bound), Point("past", past_bound)
+    chosen = pick([on, past], ACC_LAT, budget)
+    assert chosen.point is on and chosen.feasible == (on,)
+
+
 def test_no_max_drop_means_no_floor():
     budget = Budget("accuracy", baseline=0.9)
     assert budget.floor is None

@@ -139,10 +139,10 @@ def test_each_onnx_runtime_model_is_timed_at_its_fastest_thread_count(tmp_path, 
     }
     inputs = (torch.randn(1, 3, 16, 16),)
     times = timing.compare_tuned(
-        runners, inputs, tune=["fast", "noise"], batch_size=1, threads=4, seconds=0.01
+        runners, inputs, tune=["fast", "noise"], batch_sizes=(1,), threads=4, seconds=0.01
     )
     assert seen == {k: int(k.split("@")[1]) for k in set_ms}  # each session at its count
-    assert {k: (v[0].median_ms, v[1]) for k, v in times.items()} == {
+    assert {k: (v[0].median_ms, v[1]) for (k, _), v in times.items()} == {
         "fast": (1.0, 1),
         "noise": (1.0, 2),  # 3% faster on one thread: within noise, its own count stays
         "fixed": (5.0, 4),
@@ -199,12 +199,15 @@ def test_a_model_is_exported_once_until_its_weights_change(monkeypatch):
     import copy
 
     from fulcrum import runtimes
+    from fulcrum.runtimes import onnx_export
 
     model = small_cnn()
     inputs = (torch.randn(1, 3, 16, 16),)
     calls = []
-    export = runtimes.export_onnx
-    monkeypatch.setattr(runtimes, "export_onnx", lambda *a, **k: calls.append(1) or export(*a, **k))
+    export = onnx_export.export_onnx
+    monkeypatch.setattr(
+        onnx_export, "export_onnx", lambda *a, **k: calls.append(1) or export(*a, **k)
+    )
     first = runtimes.exported_bytes(model, inputs)
     assert runtimes.exported_bytes(model, inputs) == first and len(calls) == 1
     with torch.no_grad():
@@ -218,9 +221,9 @@ def test_a_model_is_exported_once_until_its_weights_change(monkeypatch):
 def test_each_export_gets_its_own_copy_of_the_reused_translation_table():
     from torch.onnx._internal.exporter import _registration
 
-    from fulcrum import runtimes
+    from fulcrum.runtimes import onnx_export
 
-    runtimes._reuse_torchlib_registry()
+    onnx_export._reuse_torchlib_registry()
     one, two = (
         _registration.ONNXRegistry.from_torchlib(),
         _registration.ONNXRegistry.from_torchlib(),

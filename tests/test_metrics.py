@@ -172,6 +172,18 @@ def test_binary_custom_threshold(binary_data) -> None:
         compute("binary", y, logit, threshold=1.5)
 
 
+@pytest.mark.parametrize(
+    "scores",
+    [np.zeros(2), np.zeros((2, 1)), np.ones((2, 2))],
+    ids=["n", "n1", "n2"],
+)
+def test_a_binary_score_exactly_at_the_threshold_is_positive(scores) -> None:
+    # a logit of 0 (or two equal logits) is a probability of exactly 0.5
+    ev = compute("binary", np.array([1, 0]), scores, threshold=0.5)
+    assert ev.confusion_matrix == [[0, 1], [0, 1]]
+    assert ev.metrics["recall"] == 1.0 and ev.metrics["accuracy"] == 0.5
+
+
 def test_binary_single_class_and_no_positive_predictions(no_warnings) -> None:
     y = np.zeros(10, dtype=int)
     ev = compute("binary", y, np.full(10, -3.0))

@@ -75,7 +75,7 @@ def test_an_onnx_workload_is_quantized_keeping_its_outputs(sklearn_onnx, tmp_pat
         run = tmp_path / mode
         assert main(["compress", str(toml), "--recipe", f"quantize:{mode}", "--out", str(run)]) == 0
         result = json.loads((run / "results.json").read_text())
-        after = result["comparison"]["candidate"]["evaluation"]["metrics"]["accuracy"]
+        after = result["comparison"]["candidate"]["metrics"]["accuracy"]
         assert abs(after - accuracy) < 0.02
         graph = onnx.load(str(run / "model.onnx"))
         assert [o.name for o in graph.graph.output] == ["label", "probabilities"]
@@ -204,7 +204,7 @@ def test_an_onnx_model_with_two_inputs_is_compressed(two_input_onnx, tmp_path, m
         == 0
     )
     result = json.loads((run / "results.json").read_text())
-    after = result["comparison"]["candidate"]["evaluation"]["metrics"]["accuracy"]
+    after = result["comparison"]["candidate"]["metrics"]["accuracy"]
     assert abs(after - accuracy) <= 0.02
     graph = onnx.load(str(run / "model.onnx"))
     assert [i.name for i in graph.graph.input] == ["mean", "worst"]

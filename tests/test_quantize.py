@@ -308,7 +308,7 @@ def test_technique_contract():
 @pytest.mark.slow
 def test_pt2e_int8_path_runs_close_to_float():
     """The PyTorch-native path (torchao pt2e + Inductor) works here, though not yet as a step."""
-    from fulcrum.techniques.quantize import pt2e_quantize
+    from fulcrum.runtimes.torch_compile import pt2e_quantize
 
     model = conv_net()
     x, _ = structured((3, 8, 8), 32, seed=3).tensors

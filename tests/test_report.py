@@ -9,7 +9,7 @@ import torch
 
 from fulcrum.cli import main
 from fulcrum.errors import CheckpointError, ConfigError, OnnxError
-from fulcrum.export import export, load
+from fulcrum.export import METRIC_TOLERANCE, export, load
 
 
 @pytest.fixture(scope="module")
@@ -125,20 +125,20 @@ def test_the_card_lists_every_metric_beside_the_baseline(run_dir, tmp_path):
     """A forecaster's sweet spot is judged on MAE against the seasonal-naive forecast: the card
     (also in report.html) shows every metric of the task, baseline beside sweet spot."""
     from fulcrum.report import card
+    from fulcrum.runfolder import read
 
-    result = json.loads((run_dir / "results.json").read_text())
+    result = read(run_dir)
     text = card(result, run_dir)
     assert "| every metric | baseline | sweet spot |" in text and "| accuracy |" in text
-    chosen = next(
-        t for t in result["trials"] if str(t["number"]) == str(result["pick"]["point"]["trial"])
-    )
-    result["baseline"]["metrics"] = {
+    assert result.pick.point is not None
+    chosen = result.pick.point  # the card reads the pick, which carries its trial's metrics
+    result.baseline.metrics = {
         "mae": 0.411,
         "r2": 0.9879,
         "naive_mae": 1.66,
         "mae_vs_naive": 0.2476,
     }
-    chosen["metrics"] = {"mae": 0.478, "r2": 0.9845, "naive_mae": 1.66, "mae_vs_naive": 0.2879}
+    chosen.metrics = {"mae": 0.478, "r2": 0.9845, "naive_mae": 1.66, "mae_vs_naive": 0.2879}
     text = card(result, run_dir)
     assert "| mae | 0.411 | 0.478 |" in text and "| naive_mae | 1.66 | 1.66 |" in text
     assert "| mae_vs_naive | 0.2476 | 0.2879 |" in text
@@ -151,7 +151,7 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["onnx", "safetensors", "pt2"])
 def test_exports_match_the_model(run_dir, tmp_path, fmt):
-    record = export(run_dir, fmt=fmt, out=tmp_path / fmt)
+    record = export(run_dir, fmt=fmt, out=tmp_path / fmt).model_dump()
     parity = record["parity"]
     assert parity["samples"] > 0
     if record["runtime"] == "onnxruntime" and fmt == "onnx":  # the int8 graph: judged by metric
@@ -192,7 +192,8 @@ def test_fp32_pruned_and_int8_exports_match(tmp_path, kind, recipe):
         == 0
     )
     records = {
-        fmt: export(run, fmt=fmt, out=tmp_path / fmt) for fmt in ("onnx", "safetensors", "pt2")
+        fmt: export(run, fmt=fmt, out=tmp_path / fmt).model_dump()
+        for fmt in ("onnx", "safetensors", "pt2")
     }
     recorded = json.loads((run / "results.json").read_text())["pick"]["point"]
     for fmt, record in records.items():
@@ -206,15 +207,18 @@ def test_fp32_pruned_and_int8_exports_match(tmp_path, kind, recipe):
             assert abs(parity["metric"]["exported"] - parity["metric"]["recorded"]) <= 0.005
 
 
-def test_an_export_that_does_not_reproduce_the_recorded_metric_is_refused(tmp_path):
+@pytest.mark.parametrize("export_scores", ["higher", "lower"])
+def test_an_export_that_does_not_reproduce_the_recorded_metric_is_refused(tmp_path, export_scores):
     from tests_support import write_user_workload
 
-    toml = write_user_workload(tmp_path, name="exportcode_refused")
+    toml = write_user_workload(tmp_path, name=f"exportcode_scores_{export_scores}")
     run = tmp_path / "run"
     args = ["compress", str(toml), "--recipe", "quantize:int8-static", "--out", str(run)]
     assert main([*args, "--seconds", "0.02", "--batch-sizes", "1", "--threads", "1"]) == 0
     results = json.loads((run / "results.json").read_text())
-    results["pick"]["point"]["metric"] -= 0.2  # not what the file scores
+    # not what the file scores: three tolerances below it, or above it
+    off_by = 3 * METRIC_TOLERANCE
+    results["pick"]["point"]["metric"] += -off_by if export_scores == "higher" else off_by
     (run / "results.json").write_text(json.dumps(results))
     with pytest.raises(OnnxError, match="but the run recorded"):
         export(run, fmt="onnx", out=tmp_path / "refused")
@@ -245,6 +249,15 @@ def test_safetensors_export_reloads_and_refuses_tampering(run_dir, tmp_path):
         load(tmp_path / "st")
     with pytest.raises(CheckpointError, match="cannot be loaded"):  # the file itself fails
         load(tmp_path / "st", verify=False)
+
+
+def test_load_refuses_an_export_whose_model_json_was_edited(run_dir, tmp_path):
+    export(run_dir, fmt="safetensors", out=tmp_path / "st")
+    manifest_path = tmp_path / "st" / "model.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "edited": True}))  # still a valid manifest
+    with pytest.raises(CheckpointError, match=r"model\.json was changed after it was exported"):
+        load(tmp_path / "st")
 
 
 def test_export_errors_keep_the_run_folder(run_dir, tmp_path, capsys):

@@ -18,6 +18,7 @@ import pytest
 from fulcrum.cli import main
 from postgres_server import Unavailable, new_database, postgres_server
 from test_search import search_args
+from tests_support import fulcrum_env
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_two_machines_share_one_postgresql_study_while_their_workers_are_killed(
     recipe is measured twice."""
     url = new_database(postgres, "machines")
     trials, rng = 10, random.Random(7)
-    env = {**os.environ, "PYTHONPATH": str(search_dir)}
+    env = fulcrum_env(search_dir)
 
     def start(machine: str) -> subprocess.Popen[bytes]:
         args = search_args(search_dir, "fast", search_dir / machine, "--trials", str(trials))
@@ -160,7 +161,9 @@ def test_the_quota_lets_a_trial_run_only_while_earlier_ones_leave_room(tmp_path)
     """The exact count's rule, step by step: 2 finished of 4, then three trials begin at once."""
     import optuna
 
-    from fulcrum.study import Quota, SearchSettings, Surplus, open_study, storage_for
+    from fulcrum.search.loop import Quota, Surplus
+    from fulcrum.search.settings import SearchSettings
+    from fulcrum.search.storage import open_study, storage_for
 
     storage = storage_for(f"sqlite:///{tmp_path / 'study.db'}")
     study, _ = open_study(SearchSettings(), storage, "quota")
@@ -189,7 +192,8 @@ def test_two_processes_never_take_the_same_queued_trial_from_one_sqlite_file(tmp
 
     from optuna.storages._rdb.storage import RDBStorage
 
-    from fulcrum.study import SearchSettings, open_study, storage_for
+    from fulcrum.search.settings import SearchSettings
+    from fulcrum.search.storage import open_study, storage_for
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study, _ = open_study(SearchSettings(), storage_for(url), "queue")
@@ -224,15 +228,17 @@ def test_a_trial_whose_process_died_before_its_first_heartbeat_is_failed_and_ret
 ):
     import optuna
 
-    from fulcrum import study as study_module
-    from fulcrum.study import Quota, SearchSettings, open_study
+    from fulcrum.search import loop
+    from fulcrum.search.loop import Quota
+    from fulcrum.search.settings import SearchSettings
+    from fulcrum.search.storage import open_study, retry_stale
 
-    monkeypatch.setattr(study_module, "GRACE_S", 0.5)
+    monkeypatch.setattr(loop, "GRACE_S", 0.5)
     storage = optuna.storages.RDBStorage(
         f"sqlite:///{tmp_path / 'study.db'}",
         heartbeat_interval=1,
         grace_period=1,
-        heartbeat_stale_trial_callback=study_module.retry_stale,
+        heartbeat_stale_trial_callback=retry_stale,
     )
     study, _ = open_study(SearchSettings(), storage, "dead")
     orphan = study.ask()  # created, then its process died: no heartbeat, never started

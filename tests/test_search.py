@@ -15,8 +15,9 @@ import pytest
 
 from fulcrum.cli import main
 from fulcrum.errors import ConfigError
-from fulcrum.study import SearchSettings
-from fulcrum.sweetspot import check_policy
+from fulcrum.search.settings import SearchSettings
+from fulcrum.techniques import Scope
+from tests_support import fulcrum_env
 
 
 def search_args(search_dir, name, out, *extra):
@@ -95,7 +96,7 @@ def slow_search(search_dir: Path, out: Path, *extra: str) -> tuple[list[str], di
     """The command and environment of a search slow enough to be stopped mid-trial."""
     command = [sys.executable, "-m", "fulcrum", "search"]
     command += search_args(search_dir, "slow", out, *extra)
-    return command, {**os.environ, "PYTHONPATH": str(search_dir)}
+    return command, fulcrum_env(search_dir)
 
 
 def finished(rows: list[tuple[int, str]]) -> list[int]:
@@ -117,7 +118,7 @@ def test_killed_search_resumes_without_losing_or_replaying_trials(search_dir):
     out = search_dir / "run"
     command = [sys.executable, "-m", "fulcrum", "search"]
     command += search_args(search_dir, "fast", out, "--trials", "5")
-    env = {**os.environ, "PYTHONPATH": str(search_dir)}
+    env = fulcrum_env(search_dir)
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     killed = None
@@ -153,7 +154,7 @@ def test_killed_search_resumes_without_losing_or_replaying_trials(search_dir):
 
 def test_two_workers_finish_exactly_the_requested_trials(search_dir):
     out = search_dir / "run"
-    env = {**os.environ, "PYTHONPATH": str(search_dir)}
+    env = fulcrum_env(search_dir)
     # trials of a second or more (slow data): on the fast data, one worker can finish all
     # seven before the second has imported torch. On the slow data the second worker's first
     # trial began about 10 s after the first worker's (spawned after the set-up, it imports
@@ -190,7 +191,7 @@ def test_two_workers_finish_exactly_the_requested_trials(search_dir):
 )
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        check_policy(SearchSettings(**kwargs))  # the policy is the frontier's to check
+        SearchSettings(**kwargs)
 
 
 def test_unreachable_storage_and_conflicting_study(capsys, search_dir):
@@ -258,9 +259,9 @@ def test_unreachable_storage_and_conflicting_study(capsys, search_dir):
 
 def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(search_dir, monkeypatch):
     """An unexpected error inside a trial fails that trial only (no hang, no traceback)."""
-    from fulcrum import compression
+    from fulcrum.search import trial
 
-    real, calls = compression.compress, []
+    real, calls = trial.compress, []
 
     def compress(*args, **kwargs):
         calls.append(1)
@@ -268,7 +269,7 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(search_dir, monk
             raise ValueError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compression, "compress", compress)
+    monkeypatch.setattr(trial, "compress", compress)
     out = search_dir / "run"
     assert main(["search", *search_args(search_dir, "fast", out, "--trials", "2")]) == 0
     trials = json.loads((out / "results.json").read_text())["trials"]
@@ -332,14 +333,13 @@ def test_warm_start_draws_int8_alone_then_pruning_with_recovery(task, transforme
     from optuna.trial import FixedTrial
 
     from fulcrum.compression import recipe_text
-    from fulcrum.study import suggest_recipe, warm_start
+    from fulcrum.search.space import suggest_recipe, warm_starts
 
-    settings = SearchSettings(trials=20, max_epochs=8)
+    scope = Scope(task=task, transformer=transformer, max_epochs=8)
     rest = {"fuse.level": 1, "finetune.epochs": 3, "finetune.lr": 1e-3}
     rest |= {"distill.epochs": 3, "distill.temperature": 4.0, "distill.alpha": 0.7}
     drawn = [
-        recipe_text(suggest_recipe(FixedTrial({**rest, **p}), settings, task, transformer))
-        for p in warm_start(settings, task, transformer)
+        recipe_text(suggest_recipe(FixedTrial({**rest, **p}), scope)) for p in warm_starts(scope)
     ]
     assert drawn == expected
 
@@ -353,9 +353,10 @@ def test_a_run_folder_of_another_workload_budget_or_command_is_refused_before_an
     (search_dir / "other.toml").write_text(
         'task = "multiclass"\nmodel = "slowcode:make_model"\ndata = "slowcode:fast"\n'
     )
+    capsys.readouterr()
     code = main(["search", *search_args(search_dir, "other", out, "--trials", "2")])
     err = capsys.readouterr().err
-    assert code == 2 and "searches workload" in err and "other.toml" in err
+    assert code == 2 and "holds a `fulcrum search` run of" in err and "fast.toml" in err
     args = search_args(search_dir, "fast", out, "--trials", "2")
     args[args.index("--max-drop") + 1] = "3"
     code = main(["search", *args])
@@ -372,20 +373,27 @@ def test_a_run_folder_of_another_workload_budget_or_command_is_refused_before_an
 
 def test_the_terminal_table_leaves_collapsed_frontier_points_out(capsys):
     from fulcrum.cli.search import render
+    from fulcrum.frontier import Budget
+    from fulcrum.runfolder import Figures, Pick, Point, Run, Trial
 
     def point(trial, metric, latency):
-        return {"trial": trial, "metric": metric, "latency_ms": latency, "size_bytes": 1000}
+        figures = {"metric": metric, "latency_ms": latency, "size_bytes": 1000}
+        return Point(trial=trial, macs=1, params=1, **figures)
 
     good, collapsed = point("1", 0.985, 0.5), point("2", 0.10, 0.2)
-    result = {
-        "workload": "w",
-        "trials": [],
-        "search_seconds": 1.0,
-        "baseline": point("-", 0.99, 1.0),
-        "settings": {"max_drop": 1.0, "relative": False},
-        "frontier": [good, collapsed],
-        "pick": {"point": good, "reason": "r", "closest": []},
-    }
+    base = Figures(metric=0.99, latency_ms=1.0, size_bytes=1000, macs=1, params=1)
+    result = Run(
+        command="search",
+        workload="w",
+        task="multiclass",
+        settings=SearchSettings(),
+        budget=Budget("metric", baseline=0.99, max_drop=1.0),
+        baseline=base,
+        trials=[Trial(number=n, state="COMPLETE") for n in (1, 2)],
+        frontier=[good, collapsed],
+        pick=Pick(policy="tolerance", reason="r", point=good),
+        seconds=1.0,
+    )
     render(result)
     out = capsys.readouterr().out
     assert "0.9850" in out and "0.1000" not in out
@@ -421,7 +429,7 @@ def test_an_interrupt_that_python_drops_inside_a_finalizer_is_sent_again():
     """A signal handled while a ``__del__`` (or weakref callback) runs raises there, and Python
     prints and drops the exception; the search must still stop. SIGTERM, which a test run in
     the background does not ignore, goes through the same handler as Ctrl-C."""
-    from fulcrum.study import Interrupt
+    from fulcrum.search.loop import Interrupt
 
     class Finalised:
         def __del__(self):
@@ -506,7 +514,9 @@ def test_the_probe_leaves_out_quantization_modes_that_are_slower(search_dir, mon
 
     def timed(runners, *args, **kwargs):  # (labels are "name@threads": one thread here)
         times = real(runners, *args, **kwargs)
-        base = next(v for (label, _), v in times.items() if label.startswith("baseline@"))
+        base = next((v for (label, _), v in times.items() if label.startswith("baseline@")), None)
+        if base is None:  # the baselines of the targets, timed together in the set-up
+            return times
         return {
             (label, b): dataclasses.replace(v, median_ms=base.median_ms * factors[name])
             if (name := label.split("@")[0]) in factors
@@ -572,7 +582,8 @@ def test_static_int8_draws_how_many_hurt_layers_stay_in_float():
 
     from fulcrum import sensitivity
     from fulcrum.compression import recipe_text
-    from fulcrum.study import int8_fallback, suggest_recipe, warm_start
+    from fulcrum.search.setup import int8_fallback
+    from fulcrum.search.space import suggest_recipe, warm_starts
 
     layers = [
         sensitivity.LayerSensitivity("conv0", "Conv2d", 10, 10, 0.1, float_metric=0.99),
@@ -582,29 +593,27 @@ def test_static_int8_draws_how_many_hurt_layers_stay_in_float():
     found = sensitivity.Sensitivity("w", "accuracy", 1.0, 100, [], 0.90, layers, None, 1.0)
     said: list[str] = []
     chosen = int8_fallback(found, said.append)
-    assert [c["layer"] for c in chosen] == ["conv0", "conv2"]  # conv1 wins back only 0.5 pt
+    assert [c.layer for c in chosen] == ["conv0", "conv2"]  # conv1 wins back only 0.5 pt
     assert "int8-static loses 10.00 pt" in said[0]
 
-    settings = SearchSettings(trials=20)
-    fallback = [c["layer"] for c in chosen]
+    scope = Scope(task="multiclass", fallback=tuple(c.layer for c in chosen))
     base = {"use_prune": False, "use_lowrank": False, "use_quantize": True}
     base |= {"quantize.mode": "int8-static", "quantize.per_channel": True}
     base |= {"quantize.calibration": "minmax"}
     for count, skip in ((0, ""), (1, "skip=conv0"), (2, "skip=conv0+conv2")):
         trial = FixedTrial({**base, "quantize.fallback": count})
-        text = recipe_text(suggest_recipe(trial, settings, fallback=fallback))
+        text = recipe_text(suggest_recipe(trial, scope))
         assert text.endswith(skip) and ("skip" in text) == bool(skip)
     dynamic = FixedTrial({**base, "quantize.mode": "int8-dynamic", "quantize.embeddings": "int8"})
-    assert "skip" not in recipe_text(suggest_recipe(dynamic, settings, fallback=fallback))
-    first = warm_start(settings, "multiclass", False, fallback=True)[0]
-    assert recipe_text(suggest_recipe(FixedTrial(first), settings, fallback=fallback)).endswith(
-        "skip=conv0"
-    )
+    assert "skip" not in recipe_text(suggest_recipe(dynamic, scope))
+    first = warm_starts(scope)[0]
+    assert recipe_text(suggest_recipe(FixedTrial(first), scope)).endswith("skip=conv0")
 
 
 def test_static_int8_that_collapses_even_with_its_worst_layers_in_float_is_left_out():
     from fulcrum import sensitivity
-    from fulcrum.study import int8_collapses
+    from fulcrum.runfolder import Fallback
+    from fulcrum.search.setup import int8_collapses
 
     def found(int8_metric, gains):
         layers = [
@@ -615,12 +624,12 @@ def test_static_int8_that_collapses_even_with_its_worst_layers_in_float_is_left_
 
     settings = SearchSettings(trials=20, max_drop=1.0)
     minilm = found(0.386, [0.0024, 0.002])  # all-MiniLM-L6-v2: 61.4 pt lost, 0.44 won back
-    fallback = [{"layer": "l0", "gain": 0.0024}, {"layer": "l1", "gain": 0.002}]
+    fallback = [Fallback(layer="l0", gain=0.0024), Fallback(layer="l1", gain=0.002)]
     assert int8_collapses(minilm, fallback, settings) == (
         "collapses: loses 61.0 pt with 2 layers in float"
     )
     mobilenet = found(0.84, [0.114])  # 16 pt lost, the stem wins back 11.4: a search can recover
-    assert int8_collapses(mobilenet, [{"layer": "l0", "gain": 0.114}], settings) == ""
+    assert int8_collapses(mobilenet, [Fallback(layer="l0", gain=0.114)], settings) == ""
     assert int8_collapses(found(0.75, []), [], settings) == "collapses: loses 25.0 pt"
     assert int8_collapses(found(0.75, []), [], SearchSettings(trials=20, max_drop=5.0)) == ""
 
@@ -663,25 +672,25 @@ def test_a_drawn_recipe_is_never_empty_while_quantization_is_in_the_space():
     from optuna.trial import FixedTrial
 
     from fulcrum.compression import recipe_text
-    from fulcrum.study import suggest_recipe
+    from fulcrum.search.space import suggest_recipe
 
     nothing = {"use_prune": False, "use_lowrank": False, "use_quantize": False}
     nothing |= {"quantize.mode": "int8-static", "quantize.per_channel": True}
     nothing |= {"quantize.calibration": "minmax"}
-    settings = SearchSettings(trials=20)
-    assert recipe_text(suggest_recipe(FixedTrial(nothing), settings)) == "quantize"
+    scope = Scope(task="multiclass")
+    assert recipe_text(suggest_recipe(FixedTrial(nothing), scope)) == "quantize"
     pruned = {**nothing, "use_prune": True, "prune.ratio": 0.5, "prune.importance": "magnitude"}
     pruned |= {"prune.global_pruning": False, "recovery": "none"}
-    assert recipe_text(suggest_recipe(FixedTrial(pruned), settings)) == "prune"  # optional here
+    assert recipe_text(suggest_recipe(FixedTrial(pruned), scope)) == "prune"  # optional here
 
 
 def test_a_recovery_that_cannot_reach_the_budget_stops_after_a_screening_epoch():
     """Multi-fidelity: after each epoch from the second, the most an earlier recovery gained
     from there on is added; if the budget is still out of reach, the recovery stops."""
-    from fulcrum.study import budget_floor, hopeless
+    from fulcrum.search.trial import hopeless
 
     seen = [[0.80, 0.90, 0.95], [0.70, 0.85, 0.90], [0.90, 0.92, 0.93]]
-    floor = budget_floor(0.98, SearchSettings(max_drop=1.0))
+    floor = SearchSettings(max_drop=1.0).budget(0.98).floor
     assert floor == pytest.approx(0.97)
     reason = hopeless([0.70, 0.85], seen, floor)  # 0.85 + 0.05 + slack < 0.97
     assert "holdout 0.8500 after 2 epochs" in reason and "0.0500" in reason
@@ -693,7 +702,7 @@ def test_a_recovery_that_cannot_reach_the_budget_stops_after_a_screening_epoch()
 
 
 def test_a_screened_out_recovery_is_recorded_as_pruned_with_its_curve(search_dir, monkeypatch):
-    from fulcrum import study
+    from fulcrum.search import trial as trials
 
     calls: list[list[float]] = []
 
@@ -701,7 +710,7 @@ def test_a_screened_out_recovery_is_recorded_as_pruned_with_its_curve(search_dir
         calls.append(list(curve))
         return "out of reach" if len(curve) == 2 else ""
 
-    monkeypatch.setattr(study, "hopeless", screen)
+    monkeypatch.setattr(trials, "hopeless", screen)
     out = search_dir / "screened"
     recovered = {"use_prune": True, "prune.ratio": 0.5, "prune.importance": "magnitude"}
     recovered |= {"prune.global_pruning": False, "use_lowrank": False, "recovery": "finetune"}
@@ -709,8 +718,8 @@ def test_a_screened_out_recovery_is_recorded_as_pruned_with_its_curve(search_dir
     recovered |= {"use_quantize": False}
     study_ = _study(out)
     study_.enqueue_trial(recovered)
-    # its one trial pruned, the search has nothing to pick: exit 1
-    assert main(["search", *search_args(search_dir, "roomy", out, "--trials", "1")]) == 1
+    # its one trial pruned, the pick is one of the runtime's default quantizations
+    assert main(["search", *search_args(search_dir, "roomy", out, "--trials", "1")]) == 0
     trial = json.loads((out / "results.json").read_text())["trials"][0]
     assert trial["state"] == "PRUNED" and trial["pruned"] == "out of reach"
     assert len(trial["recovery_curve"]) == 2 and calls[-1] == trial["recovery_curve"]
@@ -724,13 +733,13 @@ def test_a_recovery_is_screened_on_a_holdout_or_runs_its_whole_schedule_on_all_t
     for the search to cut it short by: it trains every epoch on the whole training split."""
     from optuna.trial import FixedTrial
 
-    from fulcrum.study import suggest_recipe
+    from fulcrum.search.space import suggest_recipe
 
     drawn = {"use_prune": True, "prune.ratio": 0.5, "prune.importance": "magnitude"}
     drawn |= {"prune.global_pruning": False, "use_lowrank": False, "recovery": "finetune"}
     drawn |= {"finetune.epochs": 4, "finetune.lr": 1e-3, "recovery.holdout": holdout}
     drawn |= {"use_quantize": False}
-    recipe = suggest_recipe(FixedTrial(drawn), SearchSettings(trials=20))
+    recipe = suggest_recipe(FixedTrial(drawn), Scope(task="multiclass"))
     assert recipe[-1].name == "finetune" and recipe[-1].patience == patience
 
 
@@ -754,10 +763,10 @@ def test_a_trained_prefix_is_kept_on_disk_for_every_worker(tmp_path):
         example_inputs=(data.tensors[0][:1],),
         num_classes=4,
     )
-    first = PrefixCache(tmp_path / "cache", costly=0.0)
+    first = PrefixCache(tmp_path / "cache", workload.model, costly=0.0)
     trained = compress(workload.model, "prune:0.5 > finetune:epochs=1", workload, cache=first)
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # both prefixes: costly=0
-    other = PrefixCache(tmp_path / "cache", costly=0.0)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # both prefixes: costly=0
+    other = PrefixCache(tmp_path / "cache", workload.model, costly=0.0)
     said: list[str] = []
     again = compress(
         workload.model,
@@ -769,11 +778,15 @@ def test_a_trained_prefix_is_kept_on_disk_for_every_worker(tmp_path):
     assert said[0] == "reusing prune > finetune:epochs=1"
     for a, b in zip(trained.model.parameters(), again.model.parameters(), strict=True):
         assert a.shape == b.shape and bool((a == b).all())
-    (tmp_path / "cache" / "junk.pt").write_bytes(b"half written")
-    assert "missing" not in PrefixCache(tmp_path / "cache")
-    cheap = PrefixCache(tmp_path / "other")  # the default: only steps of a second or more
+    key = "0|prune > finetune:epochs=1"  # (the seed, then the recipe prefix)
+    assert key in PrefixCache(tmp_path / "cache", workload.model)
+    for folder in (tmp_path / "cache").iterdir():  # damaged entries are misses, not errors
+        (folder / "candidate.json").write_text("{half written")
+    damaged = PrefixCache(tmp_path / "cache", workload.model)
+    assert key not in damaged and "missing" not in damaged
+    cheap = PrefixCache(tmp_path / "other", workload.model)  # default: steps of a second or more
     compress(workload.model, "prune:0.5", workload, cache=cheap)
-    assert not list((tmp_path / "other").glob("*.pt"))
+    assert not (tmp_path / "other").exists()
 
 
 def test_a_drawn_allocation_strength_prunes_each_layer_by_its_sensitivity(search_dir):
@@ -805,3 +818,84 @@ def _study(out: Path):
         storage=f"sqlite:///{out / 'study.db'}",
         directions=["maximize", "minimize", "minimize"],
     )
+
+
+def test_a_recipe_drawn_again_after_its_first_trial_was_pruned_is_pruned_again(
+    search_dir, monkeypatch
+):
+    """The second draw of a pruned recipe takes the first's verdict: pruned too (not a failed
+    trial missing its figures, and not one trial more than asked for)."""
+    from fulcrum.search import trial as trials
+
+    monkeypatch.setattr(trials, "hopeless", lambda curve, seen, floor: "out of reach")
+    monkeypatch.setattr(trials, "SCREEN_AFTER", 0)
+    out = search_dir / "again"
+    recovered = {"use_prune": True, "prune.ratio": 0.5, "prune.importance": "magnitude"}
+    recovered |= {"prune.global_pruning": False, "use_lowrank": False, "recovery": "finetune"}
+    recovered |= {"finetune.epochs": 3, "finetune.lr": 1e-3, "recovery.holdout": True}
+    recovered |= {"use_quantize": False}
+    study = _study(out)
+    study.enqueue_trial(recovered)
+    study.enqueue_trial(recovered)
+    main(["search", *search_args(search_dir, "roomy", out, "--trials", "2")])  # both pruned
+    result = json.loads((out / "results.json").read_text())
+    assert [t["state"] for t in result["trials"]] == ["PRUNED", "PRUNED"]
+    second = result["trials"][1]
+    assert second["same_as"] == 0 and "error" not in second
+
+
+def test_the_pick_is_a_runtime_default_when_it_is_faster_than_every_recipe(search_dir, monkeypatch):
+    """ONNX Runtime's own default quantizations are measured as candidates and timed again with
+    the finalists: set here to be the fastest, one of them is the pick, its files the sweet
+    spot's, and the report and the table name it."""
+    import dataclasses
+
+    from fulcrum import timing
+
+    real = timing.compare_latency
+
+    def timed(runners, *args, **kwargs):
+        times = real(runners, *args, **kwargs)
+        return {
+            (label, b): dataclasses.replace(v, median_ms=1e-3)
+            if label.startswith("ort-static-default@")
+            else v
+            for (label, b), v in times.items()
+        }
+
+    monkeypatch.setattr(timing, "compare_latency", timed)
+    out = search_dir / "defaults"
+    assert main(["search", *search_args(search_dir, "fast", out, "--trials", "3")]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert {d["trial"] for d in result["defaults"]} == {
+        "ort-static-default",
+        "ort-dynamic-default",
+        "onnxruntime-baseline",  # the model as it is: never a slower pick
+    }
+    assert result["pick"]["point"]["trial"] == "ort-static-default"
+    assert result["pick"]["point"]["recipe"] == "quantize:preset=ort"
+    assert len(result["pick"]["point"]["ratio_range"]) == 2  # timed in several rounds
+    assert (out / "sweetspot" / "model.onnx").read_bytes() == (
+        out / "defaults" / "ort-static-default" / "model.onnx"
+    ).read_bytes()
+    assert "Runtime defaults" in (out / "report.html").read_text()
+
+
+def test_a_search_over_two_targets_keeps_their_baselines_frontiers_and_picks_apart(search_dir):
+    """--runtime onnxruntime,torch searches the target too: each trial draws one, each target
+    has its baseline (timed in the same rounds) and its own pick among its own candidates, and
+    the report shows them side by side."""
+    out = search_dir / "targets"
+    args = search_args(search_dir, "fast", out, "--trials", "6", "--runtime", "onnxruntime,torch")
+    assert main(["search", *args]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["targets"]) == {"onnxruntime", "torch"}
+    drawn = {t["runtime"] for t in result["trials"] if t["state"] == "COMPLETE"}
+    assert drawn <= {"onnxruntime", "torch"} and drawn  # each trial on one of them
+    for target, pick in result["target_picks"].items():
+        assert pick["point"]["runtime"] == target  # a target's pick is one of its own
+    torch_quantized = [
+        t for t in result["trials"] if t.get("runtime") == "torch" and "quantize" in t["recipe"]
+    ]
+    assert not torch_quantized  # ONNX Runtime's quantization is not drawn for eager PyTorch
+    assert "Per target" in (out / "report.html").read_text()

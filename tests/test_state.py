@@ -3,6 +3,7 @@
 import logging
 import warnings
 
+import pytest
 import torch
 
 from fulcrum.compression import compress
@@ -53,3 +54,42 @@ def test_profile_evaluate_and_compress_leave_global_state_and_the_models_mode_al
     before = snapshot(model)
     calls()
     assert same(snapshot(model), before)
+
+
+def test_a_search_leaves_optuna_verbosity_warnings_and_threads_as_they_were(search_dir, tmp_path):
+    """A search quiets Optuna's own log lines and its experimental warnings while it runs, and
+    sets torch's threads: all of it is as it was after (the caller's choices stand)."""
+    import optuna
+
+    from fulcrum import search, workloads
+    from fulcrum.search.settings import SearchSettings
+
+    workload = workloads.load(str(search_dir / "fast.toml"))
+    settings = SearchSettings(trials=1, max_drop=100.0, trial_seconds=0.02, sampler="random")
+    search(workload, settings, tmp_path / "run", threads=1)  # imports done, filters added
+    optuna.logging.set_verbosity(optuna.logging.DEBUG)
+    torch.set_num_threads(2)
+    before = (optuna.logging.get_verbosity(), list(warnings.filters), torch.get_num_threads())
+    search(
+        workload, SearchSettings(**{**settings.__dict__, "trials": 2}), tmp_path / "run", threads=1
+    )
+    after = (optuna.logging.get_verbosity(), list(warnings.filters), torch.get_num_threads())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    assert after == before
+
+
+def test_loading_a_transformers_model_leaves_its_verbosity_and_progress_bars_alone():
+    pytest.importorskip("transformers")
+    import transformers
+
+    from fulcrum.testing import tiny_bert
+
+    tiny_bert()  # the import's own filters and handlers, first
+    transformers.logging.set_verbosity_info()
+    transformers.logging.enable_progress_bar()
+    before = (transformers.logging.get_verbosity(), logging.root.manager.disable)
+    tiny_bert()
+    after = (transformers.logging.get_verbosity(), logging.root.manager.disable)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_warning()
+    assert after == before and bars

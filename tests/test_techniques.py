@@ -11,15 +11,68 @@ from fulcrum.techniques.distill import DistillConfig
 from fulcrum.techniques.lowrank import LowRankConfig
 from fulcrum.techniques.prune import PruneConfig
 from fulcrum.techniques.sparsity import SparsityConfig
-from fulcrum.testing import check_technique, tiny_cnn, tiny_context, tiny_mlp
+from fulcrum.testing import check_technique, contract_cases, tiny_cnn, tiny_context, tiny_mlp
 
 
-@pytest.mark.parametrize(
-    ("name", "kind"),
-    [(name, kind) for name in sorted(TECHNIQUES) for kind in TECHNIQUES[name].contract_kinds],
-)
+@pytest.mark.parametrize(("name", "kind"), contract_cases())
 def test_every_technique_keeps_the_contract(name, kind):
     check_technique(get(name), kind)
+
+
+def test_a_new_technique_is_tested_and_searched_by_registering_it():
+    """One file's worth of technique (a config, an apply, its search dimensions), registered:
+    the contract suite lists it and passes it, and a search draws it among the structural
+    steps, under its own parameter names."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from optuna.trial import FixedTrial
+
+    from fulcrum.search.space import suggest_recipe
+    from fulcrum.techniques import Scope, Search, Step, Technique, TechniqueConfig
+    from fulcrum.techniques.base import copy_model, register
+
+    @dataclass(frozen=True)
+    class SnapConfig(TechniqueConfig):
+        """Weights rounded to multiples of ``step``."""
+
+        name: ClassVar[str] = "snap"
+        primary: ClassVar[str | None] = "step"
+        step: float = 0.01
+
+        def validate(self) -> None:
+            self.check_range("step", 0.0, 1.0, low_open=True)
+
+    def apply(config, candidate, ctx):
+        model = copy_model(candidate.require_float("snap"))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.round(p / config.step) * config.step)
+        return candidate.with_step(Step(config=config.to_dict(), seconds=0.0), model=model)
+
+    def space(trial):
+        return SnapConfig(step=trial.suggest_float("snap.step", 0.001, 0.1, log=True))
+
+    snap = Technique(
+        name="snap",
+        config=SnapConfig,
+        apply=apply,
+        space=space,
+        summary="weights on a grid",
+        speeds_up="",
+        invalid={"step": 0.0},
+        search=Search(role="structural", order=35, draw=lambda trial, _scope: space(trial)),
+    )
+    register(snap)
+    try:
+        assert ("snap", "cnn") in contract_cases() and ("snap", "mlp") in contract_cases()
+        check_technique(get("snap"), "cnn")
+        drawn = {"use_prune": False, "use_snap": True, "snap.step": 0.05, "use_lowrank": False}
+        drawn |= {"recovery": "none", "use_quantize": False}
+        recipe = suggest_recipe(FixedTrial(drawn), Scope(task="multiclass"))
+        assert recipe == (SnapConfig(step=0.05),)
+    finally:
+        TECHNIQUES.pop("snap")
 
 
 def test_registry_lists_the_techniques_the_issue_names():
@@ -43,6 +96,13 @@ def test_prune_skip_and_unknown_layer():
     assert out.model[0].out_channels == 16
     with pytest.raises(ConfigError, match="layer 'nope' is not in the model"):
         get("prune").apply(PruneConfig(skip=("nope",)), Candidate(model=model), ctx)
+
+
+@pytest.mark.parametrize("ratio", ["1.0", "0.96", "-0.1"])
+def test_a_layer_ratio_outside_0_to_0_95_is_refused_naming_layer_ratios(ratio):
+    with pytest.raises(ConfigError, match=rf"'layer_ratios' parameter of prune.*'0:{ratio}'"):
+        parse_recipe(f"prune:ratio=0.3,layer_ratios=0:{ratio}")
+    assert parse_recipe("prune:ratio=0.3,layer_ratios=0:0.95")[0].layer_ratios == ("0:0.95",)
 
 
 def test_prune_names_the_layer_it_cannot_trace():

@@ -61,7 +61,7 @@ def test_the_teachers_outputs_for_an_example_seen_before_come_from_memory(tmp_pa
     """In another batch, padded to another length, an example gets from the memo what the
     teacher computes for it (output and layer outputs at its real tokens), without a forward
     pass; a batch with a new example runs the teacher, and with no room nothing is kept."""
-    from fulcrum.train import TeacherMemo, layer_outputs
+    from fulcrum.teacher import TeacherMemo, layer_outputs
     from fulcrum.workloads import load
     from test_text import make_text_workload
 

@@ -8,7 +8,7 @@ from fulcrum.cli import main
 from fulcrum.compression import compress, load_candidate, save_candidate
 from fulcrum.errors import ConfigError
 from fulcrum.runtimes import OnnxModel
-from fulcrum.train import layer_outputs
+from fulcrum.teacher import layer_outputs
 from fulcrum.workloads import load
 from test_text import HEADS, INTERMEDIATE, LAYERS, make_text_workload
 
@@ -150,7 +150,7 @@ def test_hidden_state_distillation_lowers_the_hidden_state_distance(workload):
 
 
 def test_the_hidden_state_distance_leaves_padding_out():
-    from fulcrum.train import hidden_distance as distance
+    from fulcrum.teacher import hidden_distance as distance
 
     teacher = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])

@@ -87,6 +87,16 @@ def test_toml_with_a_wrong_reference_names_the_entry(user_dir, entry, message):
     assert "'model'" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("count", ["0", "-1", "2.5", "true", '"3"'])
+def test_a_num_classes_that_is_not_a_positive_whole_number_is_refused_naming_the_entry(
+    user_dir, count
+):
+    with pytest.raises(
+        ConfigError, match=r"^custom\.toml: num_classes must be a positive whole number"
+    ):
+        workloads.load(str(write_toml(user_dir, num_classes=count)))
+
+
 def test_toml_without_data_or_with_bad_task(user_dir):
     with pytest.raises(ConfigError, match="no 'data' entry"):
         workloads.load(str(write_toml(user_dir, data=None)))

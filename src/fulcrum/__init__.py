@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from fulcrum.export import load
     from fulcrum.measure import Profile, profile
     from fulcrum.metrics import Evaluation
-    from fulcrum.study import SearchSettings
-    from fulcrum.sweetspot import search
+    from fulcrum.search import search
+    from fulcrum.search.settings import SearchSettings
     from fulcrum.techniques import Candidate
     from fulcrum.workloads import Workload
     from fulcrum.workloads import load as load_workload
@@ -37,8 +37,8 @@ _LAZY = {
     "load_workload": ("fulcrum.workloads", "load"),
     "compress": ("fulcrum.compression", "compress"),
     "Candidate": ("fulcrum.techniques", "Candidate"),
-    "search": ("fulcrum.sweetspot", "search"),
-    "SearchSettings": ("fulcrum.study", "SearchSettings"),
+    "search": ("fulcrum.search", "search"),
+    "SearchSettings": ("fulcrum.search.settings", "SearchSettings"),
     "load": ("fulcrum.export", "load"),
 }
 

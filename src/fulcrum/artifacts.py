@@ -101,22 +101,24 @@ class Prefixed:
         self.store.remove(self.prefix + artifact_id)
 
 
-def upload(store: Any, trial: Any, folder: Path) -> dict[str, str]:
-    """Upload each file of ``folder`` as an artifact of ``trial``; record the ids on the trial."""
+def upload(store: Any, owner: Any, folder: Path, what: str | None = None) -> dict[str, str]:
+    """Upload each file of ``folder`` as an artifact of ``owner`` (a trial, or the study for
+    files that belong to no trial, named ``what``); a trial records the ids it was given."""
     from optuna.artifacts import upload_artifact
 
     ids = {}
     try:
         for path in sorted(p for p in folder.iterdir() if p.is_file()):
             ids[path.name] = upload_artifact(
-                artifact_store=store, file_path=str(path), study_or_trial=trial
+                artifact_store=store, file_path=str(path), study_or_trial=owner
             )
     except Exception as exc:
         raise ConfigError(
-            f"trial {trial.number}'s files could not be uploaded to the artifact store "
-            f"({first_line(exc, 160)}); check that --artifacts is still writable."
+            f"{what or f'trial {owner.number}'}'s files could not be uploaded to the artifact "
+            f"store ({first_line(exc, 160)}); check that --artifacts is still writable."
         ) from None
-    trial.set_user_attr(ATTR, ids)
+    if what is None:
+        owner.set_user_attr(ATTR, ids)
     return ids
 
 

@@ -10,7 +10,10 @@ A TOML recipe has one ``[[step]]`` table per step with ``technique = "..."`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
 import tomllib
 from collections.abc import Callable, MutableMapping, Sequence
@@ -18,12 +21,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fulcrum.errors import ConfigError
-from fulcrum.runtimes import OnnxModel, exported_bytes, keeps_caller_state
-from fulcrum.techniques import Candidate, Context, TechniqueConfig, config_from_dict, get
-from fulcrum.techniques.base import coerce
+from fulcrum.runtimes import (
+    OnnxModel,
+    default_threads,
+    exported_bytes,
+    keeps_caller_state,
+    torch_threads,
+)
+from fulcrum.techniques import (
+    Candidate,
+    Context,
+    Step,
+    TechniqueConfig,
+    config_from_dict,
+    get,
+    recurrent,
+)
+from fulcrum.techniques.base import coerce, copy_model, find_modules
+from fulcrum.techniques.layers import keep_layers_
+from fulcrum.techniques.prune import _fix_attention
+from fulcrum.train import TaskFunctions
 
 if TYPE_CHECKING:
     from fulcrum.workloads import Workload
@@ -31,8 +52,18 @@ if TYPE_CHECKING:
 Recipe = tuple[TechniqueConfig, ...]
 
 
+# bounds checked before any work: a recipe is a handful of steps, a value a few layer names
+MAX_STEPS = 16
+MAX_TEXT = 4000
+
+
 def parse_recipe(text: str) -> Recipe:
     """``"prune:0.5 > quantize:int8-static"`` -> (PruneConfig(ratio=0.5), QuantizeConfig(...))."""
+    if len(text) > MAX_TEXT:
+        raise ConfigError(
+            f"the recipe is {len(text):,} characters long; a recipe is at most {MAX_TEXT:,} "
+            f"(steps like 'prune:ratio=0.5 > quantize:int8-static'): shorten it."
+        )
     steps = [part.strip() for part in text.split(">")]
     if not text.strip() or any(not s for s in steps):
         raise ConfigError(
@@ -64,6 +95,12 @@ def load_recipe(path: Path) -> Recipe:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"recipe file {str(path)!r} cannot be read as TOML ({exc}).") from None
+    unknown = sorted(set(data) - {"step"})
+    if unknown:
+        raise ConfigError(
+            f"recipe file {path.name} has {unknown[0]!r}, which a recipe does not know; it holds "
+            "[[step]] tables only."
+        )
     steps = data.get("step")
     if not isinstance(steps, list) or not steps:
         raise ConfigError(
@@ -85,6 +122,10 @@ def recipe_from(spec: str) -> Recipe:
 
 def check_order(recipe: Recipe) -> Recipe:
     """PyTorch steps first, then graph steps (``fuse``), then at most one ``quantize``, last."""
+    if len(recipe) > MAX_STEPS:
+        raise ConfigError(
+            f"the recipe has {len(recipe)} steps; a recipe has at most {MAX_STEPS}: remove steps."
+        )
     for i, config in enumerate(recipe[:-1]):
         after = recipe[i + 1]
         if config.name == "quantize":
@@ -98,6 +139,23 @@ def check_order(recipe: Recipe) -> Recipe:
                 f"({config.name}) already turned it into an ONNX graph; move '{after.name}' before it."
             )
     return recipe
+
+
+# the config fields that name layers of the model (``layer_ratios``: "name:ratio" entries)
+LAYER_FIELDS = ("skip", "layer_ratios")
+
+
+def check_layers(recipe: Recipe, model: nn.Module | OnnxModel) -> None:
+    """Every layer a recipe names is a layer of ``model``: refused before any work (a layer that
+    a later step cannot find would otherwise be found missing after training)."""
+    if not isinstance(model, nn.Module):  # an ONNX workload's steps name graph nodes
+        return
+    for config in recipe:
+        for name in LAYER_FIELDS:
+            entries = getattr(config, name, ())
+            find_modules(
+                model, [e.rpartition(":")[0] if name == "layer_ratios" else e for e in entries]
+            )
 
 
 def recipe_text(recipe: Sequence[TechniqueConfig]) -> str:
@@ -126,6 +184,7 @@ def context_of(
         seed=seed,
         progress=progress or (lambda _m: None),
         on_epoch=on_epoch,
+        functions=TaskFunctions(workload.loss, workload.distill_loss, workload.postprocess),
     )
 
 
@@ -152,9 +211,8 @@ def compress(
 
     >>> candidate = compress(workload.model, "prune:0.5 > finetune:3", workload)  # doctest: +SKIP
     """
-    from fulcrum.runtimes import default_threads, torch_threads
-
     steps = parse_recipe(recipe) if isinstance(recipe, str) else check_order(tuple(recipe))
+    check_layers(steps, model)
     threads = threads or default_threads()
     report = progress or (lambda _m: None)
     ctx = context_of(workload, seed=seed, threads=threads, progress=report, on_epoch=on_epoch)
@@ -182,34 +240,37 @@ class PrefixCache(MutableMapping[str, Candidate]):
     ``folder``, where every worker of the run folder, and a resumed search, find them — a pruned
     and recovered model is trained once per study folder, whichever process drew it first.
 
-    Files are written whole (to a temporary name, then renamed) and the newest ``on_disk`` are
-    kept. One that cannot be read (torch versions apart, a model class that cannot be pickled)
-    is a miss, never an error.
+    On disk a candidate is its weights as safetensors (rebuilt into ``original``'s architecture
+    by ``rebuild``), its graph as ONNX and JSON: nothing is unpickled, so a file planted in a run
+    folder cannot run code. Folders are written whole (under a temporary name, then renamed)
+    and the newest ``on_disk`` are kept; one that cannot be read (damaged, from another
+    version) is a miss, never an error.
     """
 
     def __init__(
-        self, folder: Path, keep: int = 24, costly: float = 1.0, on_disk: int = 32
+        self,
+        folder: Path,
+        original: nn.Module | OnnxModel,
+        keep: int = 24,
+        costly: float = 1.0,
+        on_disk: int = 32,
     ) -> None:
-        self.folder, self.keep, self.costly, self.on_disk = folder, keep, costly, on_disk
+        self.folder, self.original = folder, original
+        self.keep, self.costly, self.on_disk = keep, costly, on_disk
         self.memory: dict[str, Candidate] = {}
 
     def _path(self, key: str) -> Path:
-        import hashlib
-
-        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
+        return self.folder / hashlib.sha1(key.encode()).hexdigest()[:20]
 
     def __getitem__(self, key: str) -> Candidate:
         if key in self.memory:
             return self.memory[key]
-        path = self._path(key)
         try:
-            saved = torch.load(path, weights_only=False)
-        except Exception:  # missing, half-written by a killed process, or from another torch
+            candidate = read_cached(self._path(key), key, self.original)
+        except Exception:  # missing, half-written, damaged or from another version: a miss
             raise KeyError(key) from None
-        if not isinstance(saved, dict) or saved.get("key") != key:
-            raise KeyError(key)
-        self.memory[key] = saved["candidate"]
-        return saved["candidate"]
+        self.memory[key] = candidate
+        return candidate
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
@@ -226,24 +287,25 @@ class PrefixCache(MutableMapping[str, Candidate]):
         self.memory[key] = candidate
         if not candidate.steps or candidate.steps[-1].seconds < self.costly:
             return
-        import os
-
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(key)
-        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
         try:
-            torch.save({"key": key, "candidate": candidate}, partial)
-            partial.replace(path)
-        except Exception:  # a model that cannot be pickled stays in memory only
-            partial.unlink(missing_ok=True)
+            write_cached(candidate, partial, key)
+            shutil.rmtree(path, ignore_errors=True)
+            partial.rename(path)
+        except (OSError, TypeError, ValueError):  # a full disk, facts not JSON: memory only
+            shutil.rmtree(partial, ignore_errors=True)
             return
-        saved = sorted(self.folder.glob("*.pt"), key=lambda f: f.stat().st_mtime)
+        saved = sorted(
+            (f for f in self.folder.iterdir() if f.is_dir() and "." not in f.name),
+            key=lambda f: f.stat().st_mtime,
+        )
         for old in saved[: max(0, len(saved) - self.on_disk)]:
-            old.unlink(missing_ok=True)
+            shutil.rmtree(old, ignore_errors=True)
 
     def __delitem__(self, key: str) -> None:
         self.memory.pop(key, None)
-        self._path(key).unlink(missing_ok=True)
+        shutil.rmtree(self._path(key), ignore_errors=True)
 
     def __iter__(self) -> Any:
         return iter(self.memory)
@@ -252,34 +314,41 @@ class PrefixCache(MutableMapping[str, Candidate]):
         return len(self.memory)
 
 
-def deployed(
-    candidate: Candidate, threads: int | None = None, output: str | None = None
-) -> nn.Module | OnnxModel:
-    """The candidate as it will run: its ONNX graph on ONNX Runtime (judged on ``output``, the
-    workload's chosen output), or its PyTorch model."""
-    if candidate.onnx is not None:
-        return OnnxModel(candidate.onnx, threads, output)
-    return candidate.require_float("deploy")
-
-
-def output_of(workload: Workload) -> str | None:
-    """The output an ONNX workload is judged on (its graph's compressed forms keep the name)."""
-    return workload.model.chosen_output if isinstance(workload.model, OnnxModel) else None
-
-
-def counts(candidate: Candidate, example_inputs: Sequence[torch.Tensor]) -> tuple[int, int]:
-    """(parameters, MACs) of a candidate: of its PyTorch model (a quantized graph computes what
-    its float model did), or counted on its graph when it never had one."""
-    from fulcrum import measure
-
+def write_cached(candidate: Candidate, folder: Path, key: str) -> None:
+    """A candidate as tensors and JSON: its weights with ``save_candidate``'s manifest, the
+    graph it became (if any), and its steps."""
+    folder.mkdir(parents=True, exist_ok=True)
     if candidate.model is not None:
-        return (
-            measure.parameter_counts(candidate.model)[0],
-            measure.torch_compute(candidate.model, example_inputs)[0],
-        )
-    assert candidate.onnx is not None
-    graph = measure.profile(OnnxModel(candidate.onnx), example_inputs, latency=False)
-    return graph.params_total, graph.macs
+        save_weights(candidate, folder)
+    if candidate.onnx is not None:
+        (folder / "graph.onnx").write_bytes(candidate.onnx)
+    steps = [
+        {"config": s.config, "seconds": s.seconds, "notes": list(s.notes), "facts": s.facts}
+        for s in candidate.steps
+    ]
+    record = {"key": key, "runtime": candidate.runtime, "steps": steps}
+    (folder / "candidate.json").write_text(json.dumps(record))
+
+
+def read_cached(folder: Path, key: str, original: nn.Module | OnnxModel) -> Candidate:
+    """A candidate written by ``write_cached``, its weights rebuilt into ``original``'s class."""
+    record = json.loads((folder / "candidate.json").read_text())
+    if record["key"] != key:
+        raise KeyError(key)
+    model = None
+    if (folder / "model.safetensors").is_file() and isinstance(original, nn.Module):
+        model = rebuild(original, folder)
+    graph = folder / "graph.onnx"
+    steps = tuple(
+        Step(config=s["config"], seconds=s["seconds"], notes=tuple(s["notes"]), facts=s["facts"])
+        for s in record["steps"]
+    )
+    return Candidate(
+        model=model,
+        onnx=graph.read_bytes() if graph.is_file() else None,
+        runtime=record["runtime"],
+        steps=steps,
+    )
 
 
 def onnx_bytes(candidate: Candidate, example_inputs: Sequence[torch.Tensor]) -> bytes:
@@ -296,16 +365,22 @@ def save_candidate(
     candidate: Candidate, folder: Path, example_inputs: Sequence[torch.Tensor], workload_source: str
 ) -> dict[str, str]:
     """Write the deployable ONNX graph, the PyTorch weights and a manifest into ``folder``."""
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(onnx_bytes(candidate, example_inputs))
     files = {"onnx": "model.onnx", "manifest": "model.json"}
+    if candidate.model is not None:  # an ONNX workload's candidates are graphs only
+        files["safetensors"] = "model.safetensors"
+    save_weights(candidate, folder, workload_source)
+    return files
+
+
+def save_weights(candidate: Candidate, folder: Path, workload_source: str = "") -> None:
+    """The PyTorch weights (``model.safetensors``) and the manifest ``rebuild`` reads to fit
+    them into the architecture they came from (``model.json``)."""
     model = candidate.model
-    if model is not None:  # an ONNX workload's candidates are graphs only
+    if model is not None:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"))
-        files["safetensors"] = "model.safetensors"
     manifest = {
         "format": "fulcrum-candidate",
         "version": 1,
@@ -325,7 +400,6 @@ def save_candidate(
         },
     }
     (folder / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return files
 
 
 def rebuild(model: nn.Module, folder: Path) -> nn.Module:
@@ -334,17 +408,11 @@ def rebuild(model: nn.Module, folder: Path) -> nn.Module:
     Layers keep their classes; shapes come from the saved tensors (pruning changes them), and
     factorised layers become the two-layer form they were saved in. Nothing is unpickled.
     """
-    from safetensors.torch import load_file
-
-    from fulcrum.techniques.base import copy_model
-    from fulcrum.techniques.prune import _fix_attention
 
     manifest = json.loads((folder / "model.json").read_text())
     state = load_file(str(folder / "model.safetensors"))
     model = copy_model(model)
     if manifest.get("layers_kept"):
-        from fulcrum.techniques.layers import keep_layers_
-
         for kept in manifest["layers_kept"]:  # a shallower student: drop what was dropped
             keep_layers_(model, kept)
     for name in manifest.get("factorised", []):
@@ -354,6 +422,8 @@ def rebuild(model: nn.Module, folder: Path) -> nn.Module:
         bias = getattr(old, "bias", None) is not None
         if isinstance(old, nn.Linear):  # shapes are fixed below, from the saved tensors
             pair = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=bias))
+        elif isinstance(old, nn.RNNBase):  # its input matrix factorised in front of it
+            pair = recurrent.InputFactored(nn.Linear(1, 1, bias=False), old)
         else:
             pair = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.Conv2d(1, 1, 1, bias=bias))
         setattr(parent, attr, pair)
@@ -390,6 +460,8 @@ def rebuild(model: nn.Module, folder: Path) -> nn.Module:
 
 def _fit_attributes(module: nn.Module) -> None:
     """Make a layer's size attributes agree with its (possibly pruned) tensors."""
+    if isinstance(module, nn.RNNBase):
+        recurrent.fit_sizes_(module)
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         return

@@ -2,6 +2,11 @@
 
 The scoring itself is ``fulcrum.metrics``, a library of scikit-learn metrics that any stage may
 use (fine-tuning's early stopping does); this module is where models are run to be judged.
+
+A detector is run batch by batch: the network (timed elsewhere as the model) gives its raw
+output tensor, then the workload's ``postprocess`` (decoding and NMS, outside the network's
+graph) turns it into boxes, scores and labels per image, which are scored with COCO mAP. The
+image size handed to ``postprocess`` is the height and width of the first input's last two axes.
 """
 
 from __future__ import annotations
@@ -14,9 +19,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fulcrum.errors import ConfigError, DataError
-from fulcrum.metrics import Evaluation, compute, finite_or_none
+from fulcrum.metrics import (
+    Evaluation,
+    check_predictions,
+    compute,
+    detection_targets,
+    finite_or_none,
+)
 
 if TYPE_CHECKING:
+    from fulcrum.train import PostprocessFn
     from fulcrum.workloads import Workload
 
 
@@ -30,11 +42,15 @@ def evaluate(
     metric: Callable[[np.ndarray, np.ndarray], Mapping[str, float] | float] | None = None,
     threshold: float = 0.5,
     threads: int | None = None,
+    postprocess: PostprocessFn | None = None,
 ) -> Evaluation:
     """Run ``model`` (a torch module or an ONNX model) over ``(inputs, target)`` batches and score it.
 
     ``reference`` is the model whose outputs an ``embedding`` task is compared with; ``metric``
-    is a user function ``fn(y_true, outputs)`` whose result is added to the metrics.
+    is a user function ``fn(y_true, outputs)`` whose result is added to the metrics (for a
+    detection task, ``fn(targets, predictions)``: per image, ``(K, 5)`` target rows and the
+    post-processed dict). ``postprocess`` turns a detector's raw outputs into detections
+    (a detection task needs it).
     """
     from fulcrum.runtimes import caller_state, predict
 
@@ -42,7 +58,17 @@ def evaluate(
         batches = list(data)
     if not batches:
         raise DataError("The validation data has zero samples; give the split at least one batch.")
-    outputs, targets = predict(model, batches, threads)
+    outputs: Any
+    targets: Any
+    if task == "detection":
+        if postprocess is None:
+            raise ConfigError(
+                "a detection task is scored on post-processed detections: give its postprocess "
+                "(a workload's, or postprocess= here)."
+            )
+        targets, outputs = detections(model, batches, postprocess, num_classes, threads)
+    else:
+        outputs, targets = predict(model, batches, threads)
     ref = reference_outputs(reference, data, batches, threads) if reference is not None else None
     result = compute(
         task, targets, outputs, num_classes=num_classes, reference=ref, threshold=threshold
@@ -56,6 +82,45 @@ def evaluate(
     # a note about a metric the workload's own function recomputed no longer applies
     notes = tuple(n for n in result.notes if n.split()[0] not in values)
     return replace(result, metrics=merged, notes=notes)
+
+
+def detections(
+    model: Any,
+    batches: list[Any],
+    postprocess: PostprocessFn | None,
+    num_classes: int | None,
+    threads: int | None,
+    split: str = "val",
+) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]]]:
+    """Per image of ``(images, targets)`` batches of ``split``: its target rows ``(K, 5)``
+    (padding dropped) and ``postprocess``'s detections of ``model``'s raw output, both checked."""
+    import torch
+
+    from fulcrum.runtimes import as_inputs, predict
+
+    if postprocess is None:
+        raise ConfigError(
+            "task 'detection' needs the workload's post-processing, which turns the network's raw "
+            "output into boxes, scores and labels; in a TOML workload, postprocess = 'module:fn'."
+        )
+    name = getattr(postprocess, "__qualname__", "postprocess")
+    targets: list[np.ndarray] = []
+    predictions: list[dict[str, np.ndarray]] = []
+    for batch in batches:
+        if not isinstance(batch, list | tuple) or len(batch) != 2:
+            raise DataError(
+                "detection batches must be (images, targets) pairs, targets shaped (batch, "
+                f"boxes, 5); got a {type(batch).__name__}."
+            )
+        images = as_inputs(batch[0])[0]
+        count, size = len(images), (int(images.shape[-2]), int(images.shape[-1]))
+        first = len(targets)
+        targets += detection_targets(batch[1], size, num_classes, split, first)
+        raw, _ = predict(model, [(batch[0], torch.zeros(count))], threads)
+        with torch.no_grad():
+            found = postprocess(torch.from_numpy(raw), torch.tensor([size] * count))
+        predictions += check_predictions(found, count, num_classes, f"postprocess {name!r}", first)
+    return targets, predictions
 
 
 _REFERENCE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -106,4 +171,5 @@ def evaluate_workload(
         metric=workload.metric,
         threshold=threshold,
         threads=threads,
+        postprocess=workload.postprocess,
     )

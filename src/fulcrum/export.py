@@ -1,77 +1,90 @@
 """Verified export: write a candidate as ONNX, safetensors or a torch.export program, and check it.
 
-Every export is reloaded from disk and run on validation inputs next to the in-memory model it
-came from; the largest absolute and relative differences are recorded, and an export beyond the
-tolerance is refused. Each exported file's SHA-256 is written beside it, so that ``load`` refuses
-a file changed after export.
+Every export is built in a staging folder beside its destination, reloaded from disk and run on
+validation inputs next to the in-memory model it came from (the largest absolute and relative
+differences are recorded; beyond the tolerance it is refused), and scored on the validation
+split against the metric the run recorded. Only then is it moved into place with
+``export.json`` (what it is, what was checked) and ``SHA256SUMS.json`` (the digest of every
+other file in the folder), so that a crash or a refusal leaves nothing, and ``load`` and
+``verify`` refuse a folder whose files changed, or whose sums are missing or partial.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from fulcrum.artifacts import fetch, open_store
+from fulcrum.compression import rebuild
 from fulcrum.errors import CheckpointError, ConfigError, FulcrumError, OnnxError, first_line
+from fulcrum.evaluation import evaluate_workload
+from fulcrum.measuring import output_of
+from fulcrum.metrics import MAIN_METRIC
+from fulcrum.runfolder import ExportRecord, MetricCheck, Parity, Run, disk_error, read
+from fulcrum.runtimes import OnnxModel, as_inputs, output_tensor, with_batch
+from fulcrum.workloads import load as load_workload
 
 if TYPE_CHECKING:
     from fulcrum.workloads import Workload
 
 FORMATS = ("onnx", "safetensors", "pt2")
+# what each format needs from the candidate's folder
+NEEDS = {
+    "onnx": ("model.onnx",),
+    "safetensors": ("model.safetensors", "model.json"),
+    "pt2": ("model.safetensors", "model.json"),
+}
 # float32 graphs agree to rounding; ONNX Runtime fuses and reorders, so allow a little more
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
 # the exported artifact's main metric on the validation split against the one the run recorded
 # (thread counts may reorder float sums: a rare flipped prediction is allowed, not more)
 METRIC_TOLERANCE = 0.005
+SUMS, RECORD = "SHA256SUMS.json", "export.json"
 
 
-def candidate_folder(run_dir: Path, trial: int | None = None) -> Path:
-    """The folder holding the candidate to export: a trial, the sweet spot, or a compress run."""
-    if not (run_dir / "results.json").is_file():
-        raise ConfigError(
-            f"{run_dir} is not a Fulcrum run folder (no results.json); give the folder a "
-            "`fulcrum search` or `fulcrum compress` wrote."
-        )
+def candidate_folder(run: Run, run_dir: Path, fmt: str, trial: int | None = None) -> Path:
+    """The folder holding the candidate to export (a trial, the sweet spot, or a compress run),
+    with the files ``fmt`` needs."""
     if trial is not None:
+        record = next((t for t in run.trials if t.number == trial), None)
         folder = run_dir / "trials" / str(trial)
-        if not folder.exists():
-            fetched(run_dir, trial, folder)
-        if not (folder / "model.json").is_file():
-            done = (
-                sorted(int(p.name) for p in (run_dir / "trials").glob("*") if p.name.isdigit())
-                if (run_dir / "trials").is_dir()
-                else []
+        if not folder.exists() and record is not None and run.artifacts and record.artifacts:
+            fetch(open_store(run.artifacts, write=False), record.artifacts, folder)
+        if record is None or not (folder / "model.json").is_file():
+            done = sorted(
+                t.number for t in run.trials if (run_dir / "trials" / str(t.number)).is_dir()
             )
             raise ConfigError(
                 f"trial {trial} has no saved model in {run_dir}; trials with models: "
                 f"{', '.join(map(str, done)) or 'none'}."
             )
-        return folder
-    for folder in (run_dir / "sweetspot", run_dir):
-        if (folder / "model.json").is_file():
-            return folder
-    raise ConfigError(
-        f"{run_dir} has no sweet spot to export (the search found none within budget); "
-        "choose one with --trial N."
-    )
-
-
-def fetched(run_dir: Path, trial: int, folder: Path) -> None:
-    """Fetch the files of a trial measured on another machine of the study into ``folder``,
-    from the artifact store the search recorded (``fulcrum search --artifacts``), if any."""
-    from fulcrum.artifacts import ATTR, fetch, open_store
-
-    result = json.loads((run_dir / "results.json").read_text())
-    record: dict[str, Any] = next(
-        (t for t in result.get("trials", []) if t.get("number") == trial), {}
-    )
-    if result.get("artifacts") and ATTR in record:
-        fetch(open_store(result["artifacts"], write=False), record[ATTR], folder)
+    elif run.pick.point is None:
+        raise ConfigError(
+            f"{run_dir} has no sweet spot to export (the search found none within budget); "
+            "choose one with --trial N."
+        )
+    else:
+        folder = run_dir / "sweetspot" if run.command == "search" else run_dir
+    missing = [name for name in NEEDS[fmt] if not (folder / name).is_file()]
+    graph_only = (folder / "model.onnx").is_file() and (folder / "model.json").is_file()
+    if missing == ["model.safetensors"] and graph_only:  # an ONNX workload's candidate
+        raise ConfigError(
+            f"workload {run.workload!r} is an ONNX graph, with no PyTorch weights to write as "
+            f"{fmt}; export it with --format onnx."
+        )
+    if missing:
+        raise ConfigError(
+            f"{folder / missing[0]} is missing, so the candidate cannot be exported as {fmt}; "
+            "run the command that wrote the run folder again, or export another --trial."
+        )
+    return folder
 
 
 def sha256(path: Path) -> str:
@@ -80,8 +93,6 @@ def sha256(path: Path) -> str:
 
 def validation_inputs(workload: Workload, limit: int = 256) -> tuple[torch.Tensor, ...]:
     """Up to ``limit`` samples of the validation split (example inputs if there is none)."""
-    from fulcrum.runtimes import as_inputs
-
     if workload.val is None:
         return tuple(workload.example_inputs)
     parts: list[tuple[torch.Tensor, ...]] = []
@@ -95,18 +106,13 @@ def validation_inputs(workload: Workload, limit: int = 256) -> tuple[torch.Tenso
     return tuple(torch.cat([p[i] for p in parts])[:limit] for i in range(len(parts[0])))
 
 
-def recorded_metric(run_dir: Path, source: Path) -> tuple[str, float] | None:
-    """The main metric the run recorded for the candidate in ``source`` (name, value)."""
-    from fulcrum.metrics import MAIN_METRIC
-
-    result = json.loads((run_dir / "results.json").read_text())
-    name = MAIN_METRIC.get(str(result.get("task")), "metric")
-    point = result.get("pick", {}).get("point")
+def recorded_metric(run: Run, run_dir: Path, source: Path) -> float | None:
+    """The main metric the run recorded for the candidate in ``source``."""
     if source.name == "sweetspot" or source == run_dir:  # a search's pick, or a compress run
-        return (name, float(point["metric"])) if point else None
-    for trial in result.get("trials", []):
-        if str(trial.get("number")) == source.name and trial.get("metric") is not None:
-            return name, float(trial["metric"])
+        return run.pick.point.metric if run.pick.point else None
+    for trial in run.trials:
+        if str(trial.number) == source.name:
+            return trial.metric
     return None
 
 
@@ -130,132 +136,236 @@ def export(
     trial: int | None = None,
     out: Path | None = None,
     force: bool = False,
-) -> dict[str, Any]:
-    """Export a run's sweet spot (or ``trial``) as ``fmt`` into ``out`` and verify it."""
-    from fulcrum.compression import output_of, rebuild
-    from fulcrum.runtimes import OnnxModel, output_tensor
-    from fulcrum.workloads import load as load_workload
+    check: bool = True,
+) -> ExportRecord:
+    """Export a run's sweet spot (or ``trial``) as ``fmt`` into ``out`` and verify it.
 
+    Without ``check``, a candidate whose metric the run did not record (a pruned trial) is
+    exported unchecked, and its record and card say so; otherwise that is refused.
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
-    source = candidate_folder(run_dir, trial)
-    manifest = json.loads((source / "model.json").read_text())
+    run = read(run_dir)
+    source = candidate_folder(run, run_dir, fmt, trial)
+    recorded = recorded_metric(run, run_dir, source)
+    if recorded is None and check:
+        raise ConfigError(
+            f"the run recorded no metric for {source.name} (it was not measured to the end), so "
+            "the export cannot be checked against it; pass --no-check to export it unchecked."
+        )
     out = out or run_dir / "export" / fmt
+    writable(out, force)
+    staging = out.parent / f".{out.name}.{os.getpid()}.partial"
+    try:
+        staging.mkdir(parents=True)
+        record = _build(run, source, fmt, staging, recorded)
+        seal(staging, record)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except OSError as exc:
+        raise disk_error(out, exc) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def writable(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, or a folder with files in it (without ``force``)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder to export into.")
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(
             f"{out} already holds files; pass --force to overwrite them, or choose --out."
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
         raise ConfigError(
-            f"export path {str(out)!r} is not writable ({exc.strerror}); choose another --out."
-        ) from None
-    workload = load_workload(manifest["workload"])
+            f"export path {str(out)!r} is not writable ({parent} is not a writable folder); "
+            "choose another --out."
+        )
+
+
+def _build(run: Run, source: Path, fmt: str, folder: Path, recorded: float | None) -> ExportRecord:
+    """Write the artifact into ``folder``, reload it, and check it against the model."""
+    manifest = json.loads((source / "model.json").read_text())
+    workload = load_workload(run.workload)
     model: Any = workload.model  # an ONNX workload: its own float graph is the reference
     if isinstance(workload.model, nn.Module):
         model = rebuild(workload.model, source)
     elif fmt != "onnx":
         raise ConfigError(
-            f"workload {manifest['workload']!r} is an ONNX graph, with no PyTorch weights to "
-            f"write as {fmt}; export it with --format onnx."
+            f"workload {run.workload!r} is an ONNX graph, with no PyTorch weights to write as "
+            f"{fmt}; export it with --format onnx."
         )
     inputs = validation_inputs(workload)
+    artifact = _write(fmt, source, folder, workload, model, inputs)
+    graph = manifest.get("runtime") == "onnxruntime"  # the recipe made a graph (int8, fused)
+    quantized = graph and any(s.get("type") == "quantize" for s in manifest.get("steps", []))
+    parity = _parity(fmt, model, artifact, inputs, graph)
+    deployed_form = fmt == "onnx" or not graph  # the graph that runs, or the float model
+    score = evaluate_workload(workload, artifact, threads=1).metrics.get(MAIN_METRIC[workload.task])
+    parity.metric = MetricCheck(
+        name=MAIN_METRIC[workload.task],
+        exported=score,
+        recorded=recorded if deployed_form else None,
+        tolerance=METRIC_TOLERANCE,
+        checked=recorded is not None and deployed_form,
+    )
+    if parity.metric.checked and (
+        score is None or abs(float(score) - float(recorded or 0)) > METRIC_TOLERANCE
+    ):
+        raise OnnxError(
+            f"the {fmt} export scores {parity.metric.name} {score} on the validation split, but "
+            f"the run recorded {recorded:.4f} for this candidate (tolerance {METRIC_TOLERANCE}); "
+            "it was not written. Report this with `fulcrum env`."
+        )
+    return ExportRecord(
+        format=fmt,
+        workload=run.workload,
+        source=str(source),
+        files=sorted(p.name for p in folder.iterdir()),
+        contains=_contents(fmt, quantized),
+        parity=parity,
+        tolerance=TOLERANCE,
+        runtime=manifest.get("runtime", "torch"),
+    )
+
+
+def _write(
+    fmt: str,
+    source: Path,
+    folder: Path,
+    workload: Workload,
+    model: Any,
+    inputs: tuple[torch.Tensor, ...],
+) -> Any:
+    """The artifact written into ``folder`` and loaded back from it."""
+    if fmt == "onnx":
+        shutil.copyfile(source / "model.onnx", folder / "model.onnx")
+        return OnnxModel(folder / "model.onnx", threads=1, output=output_of(workload))
+    if fmt == "safetensors":
+        for name in ("model.safetensors", "model.json"):
+            shutil.copyfile(source / name, folder / name)
+        return rebuild(workload.pytorch_model("export"), folder)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(
+        model, with_batch(inputs, 2), dynamic_shapes=tuple({0: batch} for _ in inputs)
+    )
+    torch.export.save(program, str(folder / "model.pt2"))
+    return torch.export.load(str(folder / "model.pt2")).module()
+
+
+def _parity(
+    fmt: str, model: Any, artifact: Any, inputs: tuple[torch.Tensor, ...], graph: bool
+) -> Parity:
+    """The export's outputs against the float model's on validation inputs: equal within the
+    tolerance for a float artifact; for the graph a recipe made (int8, fused), its deviation
+    is recorded."""
     with torch.no_grad():
         float_out = output_tensor(model(*inputs))
-    quantized = manifest.get("runtime") == "onnxruntime"
-    files: list[Path] = []
-    artifact: Any
-    if fmt == "onnx":
-        target = out / "model.onnx"
-        shutil.copyfile(source / "model.onnx", target)
-        artifact = OnnxModel(target, threads=1, output=output_of(workload))
-        files.append(target)
-    elif fmt == "safetensors":
-        for name in ("model.safetensors", "model.json"):
-            shutil.copyfile(source / name, out / name)
-        artifact = rebuild(workload.pytorch_model("export"), out)
-        files += [out / "model.safetensors", out / "model.json"]
-    else:
-        from fulcrum.runtimes import with_batch
-
-        batch = torch.export.Dim("batch", min=1, max=65536)
-        program = torch.export.export(
-            model, with_batch(inputs, 2), dynamic_shapes=tuple({0: batch} for _ in inputs)
-        )
-        target = out / "model.pt2"
-        torch.export.save(program, str(target))
-        artifact = torch.export.load(str(target)).module()
-        files.append(target)
-
-    def refuse(reason: str) -> NoReturn:
-        for f in files:
-            f.unlink(missing_ok=True)
-        raise OnnxError(
-            f"the {fmt} export {reason}; it was not written. Report this with `fulcrum env`."
-        )
-
-    with torch.no_grad():
         exported = output_tensor(artifact(*inputs))
-    parity: dict[str, Any] = {"samples": len(inputs[0])}
-    # what the artifact is: the deployed int8/fp16 graph, or the float PyTorch model
-    deployed_form = fmt == "onnx" or not quantized
     vs_float = difference(float_out, exported)
-    if quantized and fmt == "onnx":
-        parity["vs_float_max_abs"] = vs_float["max_abs"]  # int8 deviates by design: reported
-    else:
-        parity.update(vs_float)
-        limit = TOLERANCE["atol"] + TOLERANCE["rtol"] * float(float_out.abs().max())
-        if vs_float["max_abs"] > limit:
-            refuse(
-                f"differs from the model by {vs_float['max_abs']:.3g} (tolerance {limit:.3g}) "
-                "on validation inputs"
-            )
-    from fulcrum.evaluation import evaluate_workload
-    from fulcrum.metrics import MAIN_METRIC
+    samples = len(inputs[0])
+    if graph and fmt == "onnx":  # int8 deviates by design: reported, not refused
+        return Parity(samples=samples, vs_float_max_abs=vs_float["max_abs"])
+    limit = TOLERANCE["atol"] + TOLERANCE["rtol"] * float(float_out.abs().max())
+    if vs_float["max_abs"] > limit:
+        raise OnnxError(
+            f"the {fmt} export differs from the model by {vs_float['max_abs']:.3g} (tolerance "
+            f"{limit:.3g}) on validation inputs; it was not written. Report this with `fulcrum env`."
+        )
+    return Parity(samples=samples, max_abs=vs_float["max_abs"], max_rel=vs_float["max_rel"])
 
-    name = MAIN_METRIC[workload.task]
-    score = evaluate_workload(workload, artifact, threads=1).metrics.get(name)
-    parity["metric"] = {"name": name, "exported": score}
-    recorded = recorded_metric(run_dir, source)
-    if recorded is not None and deployed_form:
-        parity["metric"]["recorded"] = recorded[1]
-        parity["metric"]["tolerance"] = METRIC_TOLERANCE
-        if score is None or abs(float(score) - recorded[1]) > METRIC_TOLERANCE:
-            refuse(
-                f"scores {name} {score} on the validation split, but the run recorded "
-                f"{recorded[1]:.4f} for this candidate (tolerance {METRIC_TOLERANCE})"
+
+def _contents(fmt: str, quantized: bool) -> str:
+    """What the artifact holds, said plainly: an int8 run's PyTorch formats hold its float model."""
+    if fmt == "onnx":
+        return (
+            "the deployed graph (int8/fp16 as the recipe made it)"
+            if quantized
+            else "the float graph"
+        )
+    kind = "weights (safetensors)" if fmt == "safetensors" else "program (torch.export)"
+    if quantized:
+        return (
+            f"the float PyTorch {kind} from before quantization: the int8 model the run measured "
+            "is the ONNX export"
+        )
+    return f"the PyTorch {kind} of the candidate"
+
+
+def seal(folder: Path, record: ExportRecord) -> None:
+    """``export.json``, then ``SHA256SUMS.json`` with the digest of every other file."""
+    (folder / RECORD).write_text(record.model_dump_json(indent=2) + "\n")
+    sums = {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / SUMS).write_text(json.dumps(sums, indent=2) + "\n")
+
+
+def check_sums(folder: Path) -> None:
+    """Refuse ``folder`` unless ``SHA256SUMS.json`` lists every other file in it, each with
+    its digest: a missing, empty or partial sums file verifies nothing."""
+    path = folder / SUMS
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} has no {SUMS}, so its files cannot be checked; export it again, or load "
+            "it with verify=False if you trust the files."
+        )
+    try:
+        sums = json.loads(path.read_text())
+    except (OSError, ValueError):
+        sums = None
+    present = {p.name for p in folder.iterdir() if p.is_file() and p.name != SUMS}
+    if not isinstance(sums, dict) or not sums or set(sums) != present:
+        raise CheckpointError(
+            f"{path} does not list every file of the export (it lists {len(sums or {})}, the "
+            f"folder holds {len(present)}): it was edited or damaged; export it again."
+        )
+    for name, digest in sorted(sums.items()):
+        if sha256(folder / name) != digest:
+            raise CheckpointError(
+                f"{folder / name} was changed after it was exported (checksum mismatch); "
+                "export it again."
             )
-    checksums = {f.name: sha256(f) for f in files}
-    (out / "SHA256SUMS.json").write_text(json.dumps(checksums, indent=2) + "\n")
-    record = {
-        "format": fmt,
-        "source": str(source),
-        "out": str(out),
-        "files": sorted(checksums),
-        "parity": parity,
-        "tolerance": TOLERANCE,
-        "runtime": manifest.get("runtime", "torch"),
-    }
-    (out / "export.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+
+
+def verify(folder: Path, threads: int | None = None) -> tuple[ExportRecord, float | None]:
+    """Check an export folder's sums, then score its artifact on the validation split again and
+    compare with what the export recorded; return the record and the score."""
+    check_sums(folder)
+    record = ExportRecord.model_validate_json((folder / RECORD).read_text())
+    workload = load_workload(record.workload)
+    if record.format == "onnx":
+        artifact: Any = OnnxModel(folder / "model.onnx", threads, output_of(workload))
+    elif record.format == "safetensors":
+        artifact = rebuild(workload.pytorch_model("verify"), folder)
+    else:
+        artifact = torch.export.load(str(folder / "model.pt2")).module()
+    metric = record.parity.metric
+    if metric is None:
+        raise CheckpointError(
+            f"{folder / RECORD} records no metric to verify against; export it again."
+        )
+    score = evaluate_workload(workload, artifact, threads=threads).metrics.get(metric.name)
+    if metric.exported is not None and (
+        score is None or abs(float(score) - metric.exported) > METRIC_TOLERANCE
+    ):
+        raise CheckpointError(
+            f"{folder} scores {metric.name} {score} on the validation split, but it scored "
+            f"{metric.exported:.4f} when exported (tolerance {METRIC_TOLERANCE})."
+        )
+    return record, score
 
 
 def load(path: Path | str, *, verify: bool = True) -> nn.Module:
     """A safetensors export (or candidate folder) as a PyTorch model, pruned shapes included.
 
     The folder's files are checked against the checksums written at export (a folder without
-    ``SHA256SUMS.json`` is refused unless ``verify=False``); the architecture is rebuilt from
-    the workload named in ``model.json`` and resized to the saved tensors.
+    a complete ``SHA256SUMS.json`` is refused unless ``verify=False``); the architecture is
+    rebuilt from the workload named in ``model.json`` and resized to the saved tensors.
     """
-    from fulcrum.compression import rebuild
-    from fulcrum.workloads import load as load_workload
-
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
@@ -264,18 +374,8 @@ def load(path: Path | str, *, verify: bool = True) -> nn.Module:
             raise CheckpointError(
                 f"{folder} has no {name}; give a folder written by `fulcrum export --format safetensors`."
             )
-    sums = folder / "SHA256SUMS.json"
-    if verify and not sums.is_file():
-        raise CheckpointError(
-            f"{folder} has no SHA256SUMS.json, so its files cannot be checked; export it again, "
-            "or load it with verify=False if you trust the files."
-        )
     if verify:
-        for name, digest in json.loads(sums.read_text()).items():
-            if (folder / name).is_file() and sha256(folder / name) != digest:
-                raise CheckpointError(
-                    f"{folder / name} was changed after it was exported (checksum mismatch); export it again."
-                )
+        check_sums(folder)
     manifest = json.loads((folder / "model.json").read_text())
     original = load_workload(manifest["workload"]).model
     if not isinstance(original, nn.Module):

@@ -28,14 +28,14 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from fulcrum.errors import ConfigError, suggest
 
 DIRECTIONS = ("maximize", "minimize")
 POLICIES = ("tolerance", "knee", "weighted")
 # Differences this small (relative to the bound) are float rounding, not a violation:
-# 0.991 - 0.01 is 0.9809999999999999, and a point at 0.981 must meet a 1-point drop.
+# 0.93 - 0.93 x 1% is 0.9207000000000001, and a point at 0.9207 must meet a 1% drop.
 _ROUNDING = 1e-9
 
 
@@ -150,6 +150,8 @@ class Budget:
     limited measure (or the metric, when there is a floor) is never allowed.
     """
 
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # (as a run record)
+
     metric: str
     baseline: float
     max_drop: float | None = None
@@ -199,6 +201,19 @@ class Budget:
         for name, limit in self.limits.items():
             out[name] = _excess(_measure(point, name), limit, limit)
         return out
+
+    def constraints(self, point: Point) -> dict[str, float]:
+        """Optuna's constraint values, <= 0 when met: ``drop`` (how far the metric is below
+        :attr:`floor`; negative: how far above), then each limit's excess as a fraction of the
+        limit. Signed, so that a sampler can tell near misses from far ones; within rounding of
+        a bound is on it (0)."""
+        out: dict[str, float] = {}
+        floor = self.floor
+        if floor is not None:
+            out["drop"] = _signed(floor, _measure(point, self.metric), floor)
+        for name, limit in self.limits.items():
+            out[name] = _signed(_measure(point, name), limit, limit) / limit
+        return {k: round(v, 6) for k, v in out.items()}
 
     def allows(self, point: Point) -> bool:
         """Whether ``point`` is within the drop and every limit."""
@@ -300,56 +315,70 @@ def pick(
             closest,
         )
 
-    metric = budget.metric
     scope = f"{_count(len(feasible))} {budget.describe()}"
     if policy == "tolerance":
-        minimised = [o.name for o in objectives if o.direction == "minimize" and o.name != cost]
-        chosen = min(
-            feasible,
-            key=lambda p: (
-                p.values[cost],
-                *(p.values[name] for name in minimised),
-                -p.values[metric],
-                _key_order(p.key),
-            ),
-        )
-        reason = f"lowest {cost} ({chosen.values[cost]:g}) among {scope}."
+        chosen, reason = _tolerance(feasible, objectives, budget.metric, cost)
     elif policy == "knee":
         front = pareto_front(feasible, objectives)
         chosen = knee(front, objectives)
         reason = (
             f"the knee (closest to the best of every objective) of the {len(front)}-point "
-            f"Pareto front of {scope}."
+            "Pareto front of"
         )
     else:
         if target is None:
             target = budget.limits.get(cost, statistics.median(p.values[cost] for p in points))
-        if not (_is_finite(target) and target > 0):
-            raise ConfigError(
-                f"the weighted policy needs a positive target for {cost}; got {target!r}: pass "
-                "target= or a positive limit on it."
-            )
-        if not (_is_finite(exponent) and exponent <= 0):
-            raise ConfigError(
-                f"the weighted policy's exponent must be a number <= 0 (MnasNet uses -0.07); "
-                f"got {exponent!r}."
-            )
-        if any(p.values[metric] < 0 for p in feasible):
-            raise ConfigError(
-                f"the weighted policy needs a non-negative {metric}; use 'tolerance' or 'knee'."
-            )
-        goal = float(target)
+        chosen, reason = _weighted(feasible, budget.metric, cost, target, exponent)
+    return Pick(chosen, policy, f"{reason} {scope}.", feasible, ())
 
-        def reward(p: Point) -> float:
-            ratio = p.values[cost] / goal
-            return p.values[metric] * (ratio**exponent if ratio > 1 else 1.0)
 
-        chosen = min(feasible, key=lambda p: (-reward(p), p.values[cost], _key_order(p.key)))
-        reason = (
-            f"highest MnasNet reward ({reward(chosen):.4g}: {metric}, times "
-            f"({cost}/{goal:g})^{exponent:g} where {cost} exceeds {goal:g}) among {scope}."
+def _tolerance(
+    feasible: Sequence[Point], objectives: Sequence[Objective], metric: str, cost: str
+) -> tuple[Point, str]:
+    """The lowest cost; ties to the other minimised objectives, the higher metric, the key."""
+    minimised = [o.name for o in objectives if o.direction == "minimize" and o.name != cost]
+    chosen = min(
+        feasible,
+        key=lambda p: (
+            p.values[cost],
+            *(p.values[name] for name in minimised),
+            -p.values[metric],
+            _key_order(p.key),
+        ),
+    )
+    return chosen, f"lowest {cost} ({chosen.values[cost]:g}) among"
+
+
+def _weighted(
+    feasible: Sequence[Point], metric: str, cost: str, target: Any, exponent: float
+) -> tuple[Point, str]:
+    """MnasNet's reward: the metric, discounted where the cost exceeds the target."""
+    if not (_is_finite(target) and target > 0):
+        raise ConfigError(
+            f"the weighted policy needs a positive target for {cost}; got {target!r}: pass "
+            "target= or a positive limit on it."
         )
-    return Pick(chosen, policy, reason, feasible, ())
+    if not (_is_finite(exponent) and exponent <= 0):
+        raise ConfigError(
+            f"the weighted policy's exponent must be a number <= 0 (MnasNet uses -0.07); "
+            f"got {exponent!r}."
+        )
+    if any(p.values[metric] < 0 for p in feasible):
+        raise ConfigError(
+            f"the weighted policy needs a non-negative {metric}; use 'tolerance' or 'knee'."
+        )
+    goal = float(target)
+
+    def reward(p: Point) -> float:
+        ratio = p.values[cost] / goal
+        return p.values[metric] * (ratio**exponent if ratio > 1 else 1.0)
+
+    chosen = min(feasible, key=lambda p: (-reward(p), p.values[cost], _key_order(p.key)))
+    reason = (
+        f"highest MnasNet reward ({reward(chosen):.4g}: {metric}, times "
+        f"({cost}/{goal:g})^{exponent:g} where {cost} exceeds {goal:g}) among"
+    )
+    return chosen, reason
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -429,6 +458,14 @@ def _excess(value: float, bound: float, scale: float) -> float:
         return math.inf
     over = value - bound
     return over if over > _ROUNDING * max(1.0, abs(scale)) else 0.0
+
+
+def _signed(value: float, bound: float, scale: float) -> float:
+    """``value - bound``, 0 within rounding of the bound; inf when either is NaN."""
+    if math.isnan(value) or math.isnan(bound):
+        return math.inf
+    over = value - bound
+    return 0.0 if abs(over) <= _ROUNDING * max(1.0, abs(scale)) else over
 
 
 def _misses(budget: Budget, point: Point) -> str:

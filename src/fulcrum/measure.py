@@ -29,11 +29,13 @@ from fulcrum import runtimes
 from fulcrum.errors import ConfigError, first_line
 from fulcrum.memory import rss_peak_increase, torch_peak_activation_bytes
 from fulcrum.runtimes import OnnxModel
+from fulcrum.runtimes.torch_eager import safetensors_bytes
 from fulcrum.timing import Latency, bind, summarize, time_interleaved, torch_call
 
 log = logging.getLogger(__name__)
 
 FLOP_CONVENTION = "FLOPs = 2 x MACs"
+PROFILED = ("torch", "onnxruntime")  # the runtimes `profile` times a model on
 
 
 @dataclass(frozen=True)
@@ -134,47 +136,6 @@ def bytes_by_dtype(model: nn.Module) -> dict[str, int]:
         key = str(t.dtype).removeprefix("torch.")
         sizes[key] = sizes.get(key, 0) + t.numel() * t.element_size()
     return sizes
-
-
-def safetensors_bytes(model: nn.Module) -> int:
-    """Bytes of the model's state dict as a safetensors file, computed without writing it.
-
-    The file is an 8-byte length, a JSON header padded to 8 bytes, then the tensors' data;
-    tied tensors are stored once (what ``safetensors_state`` keeps).
-    """
-    import json
-
-    state = safetensors_state(model)
-    dtype_names = {
-        torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
-        torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
-        torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-    }  # fmt: skip
-    order = sorted(state.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
-    header: dict[str, Any] = {}
-    offset = 0
-    for name, tensor in order:
-        size = tensor.numel() * tensor.element_size()
-        header[name] = {
-            "dtype": dtype_names.get(tensor.dtype, str(tensor.dtype)),
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    text = len(json.dumps(header, separators=(",", ":")).encode())
-    return 8 + text + (-text % 8) + offset
-
-
-def safetensors_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as safetensors stores it: detached, with tied tensors kept once."""
-    seen: set[int] = set()
-    state: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() in seen and tensor.numel():
-            continue  # tied weights are stored once
-        seen.add(tensor.data_ptr())
-        state[name] = tensor.detach()
-    return state
 
 
 # -- compute ----------------------------------------------------------------------------------
@@ -440,7 +401,7 @@ def profile(
     model: nn.Module | OnnxModel,
     example_inputs: Sequence[torch.Tensor] | torch.Tensor,
     *,
-    runtimes_: Sequence[str] = runtimes.RUNTIMES,
+    runtimes_: Sequence[str] = PROFILED,
     batch_sizes: Sequence[int] = (1, 32),
     threads: int | None = None,
     seconds: float = 2.0,
@@ -456,10 +417,10 @@ def profile(
     >>> p.params_total, p.macs
     (10, 8)
     """
-    unknown = [r for r in runtimes_ if r not in runtimes.RUNTIMES]
+    unknown = [r for r in runtimes_ if r not in PROFILED]
     if unknown:
         raise ConfigError(
-            f"runtime {unknown[0]!r} is not known; choose from {', '.join(runtimes.RUNTIMES)}."
+            f"runtime {unknown[0]!r} is not known; choose from {', '.join(PROFILED)}."
         )
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ConfigError(f"batch sizes must be positive integers; got {list(batch_sizes)}.")
@@ -478,35 +439,11 @@ def profile(
     total, trainable, nonzero = parameter_counts(model)
     macs, by_op, layers, counted_on = count_compute(model, inputs)
     artifact = {"safetensors": safetensors_bytes(model)}
-    largest = runtimes.with_batch(inputs, max(batch_sizes))
     peak: dict[str, int] = {}
     lat: list[Latency] = []
     # without latency, nothing is run or serialized beyond the count: no export, no memory
     if latency:
-        with tempfile.TemporaryDirectory(prefix="fulcrum-profile-") as tmp:
-            onnx_model: OnnxModel | None = None
-            if "onnxruntime" in runtimes_:
-                path = runtimes.export_onnx(
-                    model, runtimes.with_batch(inputs, 1), Path(tmp) / "model.onnx"
-                )
-                artifact["onnx"] = sum(p.stat().st_size for p in Path(tmp).iterdir())
-                ort_peak = rss_peak_increase(lambda: OnnxModel(path, threads)(*largest))
-                if ort_peak is not None:
-                    peak["onnxruntime"] = ort_peak
-                onnx_model = OnnxModel(path, threads)
-            with runtimes.torch_threads(threads):
-                if "torch" in runtimes_:
-                    activations = torch_peak_activation_bytes(model, largest)
-                    peak["torch"] = sum(bytes_by_dtype(model).values()) + activations
-                calls: dict[tuple[str, int], Callable[[], object]] = {}
-                for b in batch_sizes:
-                    batch = runtimes.with_batch(inputs, b)
-                    if "torch" in runtimes_:
-                        calls[("torch", b)] = torch_call(model, batch)
-                    if onnx_model is not None:
-                        calls[("onnxruntime", b)] = bind(onnx_model, batch)
-                times = time_interleaved(calls, seconds=seconds)
-                lat = [summarize(rt, b, threads, times[(rt, b)]) for rt, b in calls]
+        lat = _timed(model, inputs, runtimes_, batch_sizes, threads, seconds, artifact, peak)
     return Profile(
         model=type(model).__name__,
         input_shapes=[list(x.shape) for x in inputs],
@@ -525,6 +462,45 @@ def profile(
         environment=environment(threads),
         counted_on=counted_on,
     )
+
+
+def _timed(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    runtimes_: Sequence[str],
+    batch_sizes: Sequence[int],
+    threads: int,
+    seconds: float,
+    artifact: dict[str, int],
+    peak: dict[str, int],
+) -> list[Latency]:
+    """``model`` timed on each runtime at each batch size, interleaved; its ONNX file's bytes
+    go into ``artifact`` and each runtime's peak memory into ``peak``."""
+    largest = runtimes.with_batch(inputs, max(batch_sizes))
+    with tempfile.TemporaryDirectory(prefix="fulcrum-profile-") as tmp:
+        onnx_model: OnnxModel | None = None
+        if "onnxruntime" in runtimes_:
+            path = runtimes.export_onnx(
+                model, runtimes.with_batch(inputs, 1), Path(tmp) / "model.onnx"
+            )
+            artifact["onnx"] = sum(p.stat().st_size for p in Path(tmp).iterdir())
+            ort_peak = rss_peak_increase(lambda: OnnxModel(path, threads)(*largest))
+            if ort_peak is not None:
+                peak["onnxruntime"] = ort_peak
+            onnx_model = OnnxModel(path, threads)
+        with runtimes.torch_threads(threads):
+            if "torch" in runtimes_:
+                activations = torch_peak_activation_bytes(model, largest)
+                peak["torch"] = sum(bytes_by_dtype(model).values()) + activations
+            calls: dict[tuple[str, int], Callable[[], object]] = {}
+            for b in batch_sizes:
+                batch = runtimes.with_batch(inputs, b)
+                if "torch" in runtimes_:
+                    calls[("torch", b)] = torch_call(model, batch)
+                if onnx_model is not None:
+                    calls[("onnxruntime", b)] = bind(onnx_model, batch)
+            times = time_interleaved(calls, seconds=seconds)
+    return [summarize(rt, b, threads, times[(rt, b)]) for rt, b in calls]
 
 
 def profile_onnx(

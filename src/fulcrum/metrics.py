@@ -1,10 +1,19 @@
-"""Task metrics (classification, regression, embedding) computed with scikit-learn."""
+"""Task metrics: classification, regression and embedding with scikit-learn; detection (COCO mAP)
+with faster-coco-eval, the C++ port of pycocotools' COCOeval (the same figures, several times
+faster: 0.5 s against 3.5 s for 400 images of 50 detections each, measured here).
+
+Detection data (``task = "detection"``): an image's targets are rows ``[x1, y1, x2, y2, label]``,
+boxes in pixels of the model input, labels in ``[0, num_classes)``; a batch carries them as one
+float tensor ``(batch, M, 5)``, padded to ``M`` rows with label ``PAD_LABEL`` (-1), which are
+ignored. A workload's post-processing turns the network's raw output into one dict per image,
+``{"boxes": (K, 4) x1 y1 x2 y2, "scores": (K,), "labels": (K,)}``.
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,16 +23,29 @@ from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics.pairwise import paired_cosine_distances
 
-from fulcrum.errors import ConfigError, DataError, suggest
+from fulcrum.errors import ConfigError, DataError, require, suggest
 
-TASKS = ("multiclass", "binary", "regression", "embedding")
+TASKS = ("multiclass", "binary", "regression", "embedding", "detection")
 # the figure a task is judged by (higher is better): searches and early stopping use it
 MAIN_METRIC = {
     "multiclass": "accuracy",
     "binary": "accuracy",
     "regression": "r2",
     "embedding": "cosine_mean",
+    "detection": "map",  # COCO mAP@[.5:.95]
 }
+PAD_LABEL = -1  # the label of a padding row among a batch's detection targets
+# COCOeval's summary figures (its ``stats`` indices) under Fulcrum's names
+COCO_STATS = {
+    "map": 0,
+    "map_50": 1,
+    "map_75": 2,
+    "map_small": 3,
+    "map_medium": 4,
+    "map_large": 5,
+    "mar_100": 8,
+}
+PREDICTION_KEYS = ("boxes", "scores", "labels")
 
 
 @dataclass(frozen=True)
@@ -84,8 +106,9 @@ def _labels(y: np.ndarray, num_classes: int) -> np.ndarray:
     bad = y[(y < 0) | (y >= num_classes)]
     if bad.size:
         raise DataError(
-            f"y_true has labels outside [0, {num_classes}) (e.g. {int(bad[0])}); "
-            f"relabel the data or set num_classes."
+            f"y_true has labels outside [0, {num_classes}) (e.g. {int(bad[0])}), the {num_classes} "
+            "classes of the model's outputs (or of num_classes): relabel the data or make the two "
+            "agree."
         )
     return y
 
@@ -119,7 +142,8 @@ def classification_metrics(
 ) -> Evaluation:
     """Binary metrics for (n,) or (n, 1) logits or ``num_classes == 2``; multiclass otherwise.
 
-    ``threshold`` applies to the positive-class probability of binary tasks only.
+    ``threshold`` applies to the positive-class probability of binary tasks only; a probability
+    equal to it counts as positive.
     """
     s = np.asarray(scores)
     if num_classes == 2 or s.ndim == 1 or (s.ndim == 2 and s.shape[1] == 1):
@@ -269,6 +293,174 @@ def _neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return float(np.mean(shared) / k)
 
 
+def detection_targets(
+    batch: ArrayLike,
+    image_size: tuple[int, int],
+    num_classes: int | None,
+    where: str = "val",
+    first: int = 0,
+) -> list[np.ndarray]:
+    """The targets of each image of a batch, padding rows dropped: ``(K, 5)`` rows each.
+
+    ``batch`` is ``(batch, M, 5)`` rows ``[x1, y1, x2, y2, label]`` padded with label -1;
+    ``image_size`` is the model input's ``(height, width)``. A box must lie in the image with
+    ``x1 < x2`` and ``y1 < y2``; a label must be a whole number below ``num_classes``. Errors
+    count images from ``first`` (the batch's place in its split).
+    """
+    rows = np.asarray(batch, dtype=np.float64)
+    layout = (
+        "rows [x1, y1, x2, y2, label] per image, shaped (batch, boxes, 5) and padded with label -1"
+    )
+    if rows.ndim != 3 or rows.shape[2] != 5:
+        raise DataError(f"detection targets of split {where!r} must be {layout}; got {rows.shape}.")
+    if not np.all(np.isfinite(rows)):
+        raise DataError(f"detection targets of split {where!r} hold NaN or inf; give finite boxes.")
+    height, width = image_size
+    images = []
+    for i, image in enumerate(rows, start=first):
+        labels = image[:, 4]
+        kept = image[labels != PAD_LABEL]
+        bad = np.flatnonzero(
+            (kept[:, 4] < 0)
+            | (kept[:, 4] % 1 != 0)
+            | (num_classes is not None and kept[:, 4] >= num_classes)
+        )
+        if bad.size:
+            raise DataError(
+                f"image {i} of split {where!r} has label {kept[bad[0], 4]:g}; labels must be whole "
+                f"numbers in [0, {num_classes if num_classes is not None else 'num_classes'}) "
+                "(-1 marks padding): relabel the data or raise num_classes."
+            )
+        x1, y1, x2, y2 = kept[:, :4].T
+        for j in range(len(kept)):
+            box = ", ".join(f"{v:g}" for v in kept[j, :4])
+            if not (x1[j] < x2[j] and y1[j] < y2[j]):
+                raise DataError(
+                    f"image {i} of split {where!r} has box [{box}] with x2 <= x1 or y2 <= y1; "
+                    "boxes are [x1, y1, x2, y2] in pixels with x1 < x2 and y1 < y2."
+                )
+            if x1[j] < 0 or y1[j] < 0 or x2[j] > width or y2[j] > height:
+                raise DataError(
+                    f"image {i} of split {where!r} has box [{box}] outside its {width}x{height} "
+                    "image; boxes are in pixels of the model input: clip them to the image."
+                )
+        images.append(kept)
+    return images
+
+
+def check_predictions(
+    found: Any, count: int, num_classes: int | None, where: str = "postprocess", first: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """``found`` as ``count`` dicts of numpy arrays, if it follows the detection convention:
+    one dict per image with ``boxes`` (K, 4), ``scores`` (K,) and ``labels`` (K,). Errors count
+    images from ``first``."""
+    expected = (
+        f"{where} must return a list of {count} dicts (one per image) with 'boxes' (K, 4) "
+        "[x1, y1, x2, y2] pixels, 'scores' (K,) and 'labels' (K,)"
+    )
+    if not isinstance(found, list | tuple) or len(found) != count:
+        size = f" of {len(found)}" if isinstance(found, list | tuple) else ""
+        raise DataError(f"{expected}; got a {type(found).__name__}{size}.")
+    images = []
+    for i, image in enumerate(found, start=first):
+        if not isinstance(image, Mapping) or any(k not in image for k in PREDICTION_KEYS):
+            keys = sorted(map(str, image)) if isinstance(image, Mapping) else None
+            what = f"a dict with keys {keys}" if keys is not None else type(image).__name__
+            raise DataError(f"{expected}; image {i} got {what}.")
+        arrays = {k: _numpy(image[k]).astype(np.float64) for k in PREDICTION_KEYS}
+        boxes, scores, labels = (arrays[k] for k in PREDICTION_KEYS)
+        k = len(scores)
+        if boxes.shape != (k, 4) or scores.shape != (k,) or labels.shape != (k,):
+            shapes = ", ".join(f"{key} {arrays[key].shape}" for key in PREDICTION_KEYS)
+            raise DataError(f"{expected}; image {i} got {shapes}.")
+        if not all(np.all(np.isfinite(a)) for a in arrays.values()):
+            raise DataError(f"{expected}; image {i} has NaN or inf values.")
+        wrong = (labels < 0) | (labels % 1 != 0)
+        if num_classes is not None:
+            wrong |= labels >= num_classes
+        if np.any(wrong):
+            raise DataError(
+                f"{expected}; image {i} has label {labels[np.argmax(wrong)]:g}, outside "
+                f"[0, {num_classes if num_classes is not None else 'num_classes'})."
+            )
+        images.append(arrays)
+    return images
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def detection_metrics(
+    targets: Sequence[np.ndarray],
+    predictions: Sequence[Mapping[str, Any]],
+    num_classes: int | None = None,
+) -> Evaluation:
+    """COCO box metrics (``COCO_STATS``, in [0, 1]) of per-image predictions against targets.
+
+    ``targets``: per image, ``(K, 5)`` rows ``[x1, y1, x2, y2, label]``; ``predictions``: per
+    image, the dicts of the detection convention. Object sizes follow COCO (small: area below
+    32², large: 96² and over); a figure without any ground truth of its kind is None.
+    """
+    if len(targets) == 0:
+        raise DataError("The validation set has zero images; pass at least one.")
+    found = check_predictions(list(predictions), len(targets), num_classes, "predictions")
+    coco = require("faster_coco_eval", "detection")
+    truth, detections = _coco_records(targets, found)
+    classes = num_classes or 1 + max([0, *(a["category_id"] - 1 for a in truth)])
+    ground = coco.COCO(
+        {
+            "images": [{"id": i + 1} for i in range(len(targets))],
+            "categories": [{"id": c + 1} for c in range(classes)],
+            "annotations": truth,
+        }
+    )
+    evaluator = coco.COCOeval_faster(ground, ground.loadRes(detections), "bbox")
+    evaluator.run()
+    stats = np.asarray(evaluator.stats, dtype=np.float64)
+    metrics = {name: None if stats[i] < 0 else float(stats[i]) for name, i in COCO_STATS.items()}
+    notes = [
+        f"{name} undefined: no ground-truth box of its size"
+        for name, v in metrics.items()
+        if v is None
+    ]
+    if not truth:
+        notes = ["map undefined: the validation images hold no ground-truth boxes"]
+    return Evaluation("detection", metrics, tuple(notes), n_samples=len(targets))
+
+
+def _coco_records(
+    targets: Sequence[np.ndarray], predictions: Sequence[Mapping[str, np.ndarray]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ground truth and detections as COCO annotations: boxes ``[x, y, width, height]``,
+    images numbered from 1, category ``label + 1``."""
+    truth: list[dict[str, Any]] = []
+    detections: list[dict[str, Any]] = []
+    for image_id, (rows, image) in enumerate(zip(targets, predictions, strict=True), start=1):
+        for x1, y1, x2, y2, label in np.asarray(rows, dtype=np.float64).reshape(-1, 5):
+            box = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+            truth.append(
+                dict(
+                    id=len(truth) + 1,
+                    image_id=image_id,
+                    category_id=int(label) + 1,
+                    bbox=box,
+                    area=box[2] * box[3],
+                    iscrowd=0,
+                )
+            )
+        for (x1, y1, x2, y2), score, label in zip(
+            *(image[k] for k in PREDICTION_KEYS), strict=True
+        ):
+            box = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+            detections.append(
+                dict(image_id=image_id, category_id=int(label) + 1, bbox=box, score=float(score))
+            )
+    return truth, detections
+
+
 def compute(
     task: str,
     y_true: ArrayLike | None,
@@ -283,6 +475,12 @@ def compute(
         raise ConfigError(
             f"Unknown task {task!r}; valid tasks: {', '.join(TASKS)}.{suggest(task, TASKS)}"
         )
+    if task == "detection":
+        if y_true is None:
+            raise ConfigError(
+                "Task 'detection' needs targets; pass y_true (per image, (K, 5) rows)."
+            )
+        return detection_metrics(list(y_true), list(outputs), num_classes)  # type: ignore[arg-type]
     out = np.asarray(outputs)
     if task == "embedding":
         if reference is None:

@@ -1,224 +1,231 @@
-"""A compress run: apply a recipe, compare before with after, write the run folder.
+"""A compress run: apply a recipe, measure before and after, write the run folder.
 
-``fulcrum compress`` is this function and a table; its results.json has the schema a search
-writes (``fulcrum.sweetspot``), a search of one trial with the before/after ``comparison``
-added, so that the report and the export read one schema.
+``fulcrum compress`` is this function and a table. Its ``results.json`` is the run record every
+command writes (``fulcrum.runfolder.Run``): one trial, which is also the frontier and the pick,
+and the before/after ``comparison`` on every runtime the candidate runs on.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from torch import nn
 
 from fulcrum import distributed
-from fulcrum.workloads import Workload
+from fulcrum.compression import Recipe, compress, recipe_from, recipe_text, save_candidate
+from fulcrum.frontier import Budget
+from fulcrum.measure import environment, layer_rows
+from fulcrum.measuring import Measurement, measure
+from fulcrum.metrics import MAIN_METRIC
+from fulcrum.runfolder import (
+    Comparison,
+    CompressSettings,
+    Figures,
+    LatencyRow,
+    LayerRow,
+    Pick,
+    Point,
+    Run,
+    Side,
+    StepRecord,
+    Trial,
+    claim,
+    staged,
+    write,
+    write_owner,
+)
+from fulcrum.runtimes import default_threads
+from fulcrum.techniques import Candidate
+from fulcrum.workloads import Workload, source_of
 
 
 def compress_run(
     workload: Workload,
-    recipe: Any,
+    recipe: str | Recipe,
     *,
     seed: int = 0,
     threads: int | None = None,
-    batch_sizes: list[int] | tuple[int, ...] = (1, 32),
+    batch_sizes: Sequence[int] = (1, 32),
     seconds: float = 2.0,
-    progress: Any = None,
+    progress: Callable[[str], None] | None = None,
     out: Path | None = None,
-) -> dict[str, Any]:
-    """Compress, evaluate both models on their runtimes, time them side by side, and write the
-    run folder (``out``): results.json in the schema a search writes (a search of one trial,
-    with the before/after ``comparison`` added), the candidate's files.
-    """
-    import onnx
-
-    from fulcrum import measure, timing
-    from fulcrum.compression import (
-        compress,
-        deployed,
-        onnx_bytes,
-        output_of,
-        recipe_from,
-        recipe_text,
-        save_candidate,
-    )
-    from fulcrum.evaluation import evaluate_workload
-    from fulcrum.metrics import MAIN_METRIC
-    from fulcrum.runtimes import OnnxModel, default_threads
-    from fulcrum.techniques import Candidate
-
-    model = workload.model  # a PyTorch module, or an ONNX workload's graph
+) -> Run | None:
+    """Compress, then measure the baseline and the candidate side by side on the candidate's
+    runtime (evaluated there, counted, timed at each batch size) and timed on the other
+    runtimes they both run on; write the run folder ``out``. Under torchrun, a process other
+    than rank 0 trains its share and returns None."""
     threads = threads or default_threads()
-    output = output_of(workload)
     say = progress or (lambda _m: None)
     start = time.perf_counter()
-    say("evaluating the baseline")
-    base_eval = evaluate_workload(workload, threads=threads)
     steps = recipe_from(recipe) if isinstance(recipe, str) else tuple(recipe)
-    candidate = compress(model, steps, workload, seed=seed, threads=threads, progress=say)
-    compress_seconds = time.perf_counter() - start
+    owner = {"recipe": recipe_text(steps), "seed": seed}
+    if out is not None and distributed.rank() == 0:  # another run's folder: refused before work
+        claim(out, "compress", source_of(workload), owner, create=False)
+    candidate = compress(workload.model, steps, workload, seed=seed, threads=threads, progress=say)
+    compress_seconds = round(time.perf_counter() - start, 2)
     if distributed.rank() > 0:  # a torchrun peer has trained its share; rank 0 measures, writes
-        return {}
-    say("evaluating the candidate on its runtime")
-    runner = deployed(candidate, threads, output)
-    cand_eval = evaluate_workload(workload, runner, threads=threads)
-    say("measuring size and compute")
-    base_onnx = onnx_bytes(Candidate.of(model), workload.example_inputs)
-    cand_onnx = onnx_bytes(candidate, workload.example_inputs)
-    base_profile = measure.profile(
-        model, workload.example_inputs, latency=False, runtimes_=("torch",)
-    )
-    cand_profile = measure.profile(
-        candidate.model if candidate.model is not None else OnnxModel(cand_onnx, threads),
-        workload.example_inputs,
-        latency=False,
-        runtimes_=("torch",),
-    )
-    runners: dict[str, Any] = {"baseline/onnxruntime": OnnxModel(base_onnx, threads, output)}
-    if isinstance(model, torch.nn.Module):
-        runners["baseline/torch"] = model
-    if candidate.onnx is None:
-        runners["candidate/torch"] = candidate.model
-    runners["candidate/onnxruntime"] = OnnxModel(cand_onnx, threads, output)
-    say("timing baseline and candidate side by side")
-    latency = timing.compare_latency(
-        runners, workload.example_inputs, batch_sizes=batch_sizes, threads=threads, seconds=seconds
-    )
-    if isinstance(runner, OnnxModel):
-        cand_nonzero = sum(
-            int((t != 0).sum()) for t in _initializers(onnx.load_from_string(cand_onnx))
+        return None
+    runtime = "onnxruntime" if candidate.onnx is not None else "torch"
+    say(f"measuring the baseline and the candidate side by side on {runtime}")
+    measured = {runtime: _measure(workload, candidate, runtime, threads, batch_sizes, seconds)}
+    if isinstance(workload.model, nn.Module):  # both also run on the other runtime: timed there
+        other = "torch" if runtime == "onnxruntime" else "onnxruntime"
+        both = {"baseline": Candidate.of(workload.model)}
+        if not candidate.final:
+            both["candidate"] = candidate
+        measured[other] = measure(
+            workload,
+            both,
+            runtime=other,
+            threads=threads,
+            seconds=seconds,
+            batch_sizes=batch_sizes,
+            tune=False,
+            evaluate=False,
+            count=False,
         )
-    else:
-        cand_nonzero = cand_profile.params_nonzero
-    main = MAIN_METRIC[workload.task]
-    comparison: dict[str, Any] = {
-        "workload": workload.name,
-        "workload_source": _source(workload),
-        "task": workload.task,
-        "recipe": recipe_text(steps),
-        "steps": [
-            {"config": s.config, "seconds": s.seconds, "notes": list(s.notes), "facts": s.facts}
-            for s in candidate.steps
-        ],
-        "runtime": candidate.runtime,
-        "seed": seed,
-        "threads": threads,
-        "compress_seconds": round(compress_seconds, 2),
-        "main_metric": main,
-        "baseline": {
-            "evaluation": base_eval.to_dict(),
-            "params": base_profile.params_total,
-            "params_nonzero": base_profile.params_nonzero,
-            "macs": base_profile.macs,
-            "bytes": {**base_profile.artifact_bytes, "onnx": len(base_onnx)},
-        },
-        "candidate": {
-            "evaluation": cand_eval.to_dict(),
-            "params": cand_profile.params_total,
-            "params_nonzero": cand_nonzero,
-            "macs": cand_profile.macs,
-            "bytes": {**cand_profile.artifact_bytes, "onnx": len(cand_onnx)},
-        },
-        "latency": [
-            {
-                "model": k[0].split("/")[0],
-                "runtime": k[0].split("/")[1],
-                "batch_size": k[1],
-                "median_ms": v.median_ms,
-                "p90_ms": v.p90_ms,
-                "runs": v.runs,
-            }
-            for k, v in latency.items()
-        ],
-    }
-    result = as_run(comparison)
-    result["environment"] = base_profile.environment
-    if isinstance(model, torch.nn.Module) and candidate.model is not None:
-        result["layers"] = {
-            "baseline": measure.layer_rows(model, workload.example_inputs),
-            "sweet spot": measure.layer_rows(candidate.model, workload.example_inputs),
-        }
-    if out is not None:
-        save_candidate(candidate, out, workload.example_inputs, _source(workload))
-        (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return result
+    settings = CompressSettings(
+        recipe=recipe_text(steps),
+        seed=seed,
+        runtime=runtime,
+        batch_sizes=list(batch_sizes),
+        threads=threads,
+        seconds=seconds,
+    )
+    run = _record(workload, candidate, settings, measured, compress_seconds)
+    if out is not None:  # written whole or not at all
+        with staged(out) as staging:
+            save_candidate(candidate, staging, workload.example_inputs, source_of(workload))
+            write_owner(staging, "compress", source_of(workload), owner)
+            write(staging, run)
+    return run
 
 
-def _initializers(proto: Any) -> list[Any]:
-    from onnx import numpy_helper
+def _measure(
+    workload: Workload,
+    candidate: Candidate,
+    runtime: str,
+    threads: int,
+    batch_sizes: Sequence[int],
+    seconds: float,
+) -> dict[str, Measurement]:
+    """Baseline and candidate on the candidate's runtime: evaluated, counted and timed."""
+    return measure(
+        workload,
+        {"baseline": Candidate.of(workload.model), "candidate": candidate},
+        runtime=runtime,
+        threads=threads,
+        seconds=seconds,
+        batch_sizes=batch_sizes,
+        tune=False,
+    )
 
-    return [
-        numpy_helper.to_array(i)
-        for i in proto.graph.initializer
-        if i.data_type in (1, 2, 3, 10, 11, 16)
-    ]
+
+def _record(
+    workload: Workload,
+    candidate: Candidate,
+    settings: CompressSettings,
+    measured: dict[str, dict[str, Measurement]],
+    compress_seconds: float,
+) -> Run:
+    """The run record of a compress run: one trial, the comparison."""
+    runtime, text = settings.runtime, settings.recipe
+    base, cand = measured[runtime]["baseline"], measured[runtime]["candidate"]
+    ratio = cand.latencies[0].median_ms / base.latencies[0].median_ms
+    point = Point(trial="0", recipe=text, **_figures(cand, ratio * base.latency_ms, ratio))
+    notes = [n for s in candidate.steps for n in s.notes]
+    trial = Trial(
+        number=0,
+        state="COMPLETE",
+        recipe=text,
+        constraints=[0.0],
+        seconds=compress_seconds,
+        notes=notes,
+        **_figures(cand, point.latency_ms, ratio),
+    )
+    baseline = Figures(**_figures(base, base.latency_ms, 1.0))
+    return Run(
+        command="compress",
+        workload=source_of(workload),
+        task=workload.task,
+        settings=settings,
+        budget=Budget(metric="metric", baseline=baseline.metric),
+        baseline=baseline,
+        trials=[trial],
+        frontier=[point],
+        pick=Pick(policy="recipe", reason=f"the result of the recipe {text}", point=point),
+        seconds=compress_seconds,
+        environment=environment(base.threads),
+        layers=_layers(workload, candidate),
+        comparison=Comparison(
+            recipe=text,
+            steps=[
+                StepRecord(config=s.config, seconds=s.seconds, notes=list(s.notes), facts=s.facts)
+                for s in candidate.steps
+            ],
+            runtime=runtime,
+            compress_seconds=compress_seconds,
+            main_metric=MAIN_METRIC[workload.task],
+            baseline=_side(base, measured, "baseline"),
+            candidate=_side(cand, measured, "candidate"),
+            latency=[
+                LatencyRow(
+                    model=label,
+                    runtime=rt,
+                    batch_size=lat.batch_size,
+                    median_ms=lat.median_ms,
+                    p90_ms=lat.p90_ms,
+                    runs=lat.runs,
+                    threads=lat.threads,
+                )
+                for rt, found in measured.items()
+                for label, m in found.items()
+                for lat in m.latencies
+            ],
+        ),
+    )
 
 
-def _source(workload: Workload) -> str:
-    from fulcrum.workloads import source_of
-
-    return source_of(workload)
-
-
-def as_run(result: dict[str, Any]) -> dict[str, Any]:
-    """A compress run in the schema of a search (of one trial): one results.json schema, one
-    report, one export check, for both commands."""
-    from fulcrum.metrics import MAIN_METRIC
-
-    main = MAIN_METRIC[result["task"]]
-    runtime = result["runtime"] if result["runtime"] == "onnxruntime" else "torch"
-    rows = {(r["model"], r["runtime"], r["batch_size"]): r["median_ms"] for r in result["latency"]}
-    batch = min(r["batch_size"] for r in result["latency"])
-
-    def figures(side: str) -> dict[str, Any]:
-        data = result[side]
-        return {
-            "metric": data["evaluation"]["metrics"][main],
-            "metrics": data["evaluation"]["metrics"],
-            "latency_ms": rows.get((side, runtime, batch)) or rows[(side, "onnxruntime", batch)],
-            "size_bytes": data["bytes"]["onnx"],
-            "macs": data["macs"],
-            "params": data["params"],
-        }
-
-    candidate = {**figures("candidate"), "trial": "0", "recipe": result["recipe"]}
-    trial = {
-        "number": 0,
-        "state": "COMPLETE",
-        **candidate,
-        "constraints": [0.0],
-        "seconds": result["compress_seconds"],
-        "notes": [n for step in result["steps"] for n in step["notes"]],
-    }
+def _figures(m: Measurement, latency_ms: float, ratio: float) -> dict[str, Any]:
+    assert m.metric is not None and m.macs is not None and m.params is not None
     return {
-        "command": "compress",
-        "workload": result["workload_source"],
-        "task": result["task"],
-        "baseline": figures("baseline"),
-        "trials": [trial],
-        "frontier": [candidate],
-        "search_seconds": result["compress_seconds"],
-        "pick": {
-            "policy": "recipe",
-            "reason": f"the result of the recipe {result['recipe']}",
-            "point": candidate,
-            "closest": [],
-        },
-        "settings": {
-            "runtime": runtime,
-            "batch_size": batch,
-            "seed": result["seed"],
-            "budgets": {},
-            "max_drop": None,
-            "relative": False,
-            "objectives": ["metric", "latency_ms"],
-            "trials": 1,
-            "sampler": "-",
-            "policy": "recipe",
-            "recipe": result["recipe"],
-        },
-        "comparison": result,
+        "metric": m.metric,
+        "metrics": m.metrics,
+        "latency_ms": round(latency_ms, 5),
+        "latency_ratio": round(ratio, 4),
+        "size_bytes": m.size_bytes,
+        "macs": m.macs,
+        "params": m.params,
+        "threads": m.threads,
+        "runtime": m.runtime,
+    }
+
+
+def _side(m: Measurement, measured: dict[str, dict[str, Measurement]], label: str) -> Side:
+    """One side of the comparison, with its bytes in every format any runtime measured."""
+    sizes: dict[str, int] = {}
+    for found in measured.values():
+        if label in found:
+            sizes.update(found[label].sizes)
+    assert m.macs is not None and m.params is not None and m.params_nonzero is not None
+    return Side(
+        metrics=m.metrics,
+        params=m.params,
+        params_nonzero=m.params_nonzero,
+        macs=m.macs,
+        bytes=sizes,
+    )
+
+
+def _layers(workload: Workload, candidate: Candidate) -> dict[str, list[LayerRow]]:
+    """The report's layer table: baseline and compressed model, where both are PyTorch."""
+    if not isinstance(workload.model, nn.Module) or candidate.model is None:
+        return {}
+    models = {"baseline": workload.model, "sweet spot": candidate.model}
+    return {
+        name: [LayerRow(**row) for row in layer_rows(m, workload.example_inputs)]
+        for name, m in models.items()
     }

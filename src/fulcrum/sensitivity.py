@@ -2,7 +2,7 @@
 
 Three cheap measurements, without any fine-tuning, on a subset of the validation split:
 
-- **prune**: for each prunable layer (a Conv or Linear layer other than the classifier head), the
+- **prune**: for each prunable layer (a Conv, Linear or recurrent layer other than the head), the
   main metric after removing ``ratio`` of that layer's output channels alone, at several ratios
   (Torch-Pruning slices the coupled layers with it, as ``prune`` does);
 - **quantize**: the metric of the int8-static model with only that layer left in float, beside
@@ -25,12 +25,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from fulcrum import measure
+from fulcrum.compression import compress, context_of, onnx_bytes
 from fulcrum.errors import ConfigError, FulcrumError, first_line
+from fulcrum.evaluation import evaluate_workload
+from fulcrum.measuring import deploy
+from fulcrum.metrics import MAIN_METRIC
+from fulcrum.runtimes import default_threads, torch_threads
+from fulcrum.techniques import Candidate, get
+from fulcrum.techniques.quantize import QuantizeConfig
 from fulcrum.workloads.base import Workload
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,8 @@ MAX_LAYER_RATIO = 0.9
 
 @dataclass
 class LayerSensitivity:
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # (as a run record)
+
     name: str
     kind: str
     params: int
@@ -56,6 +66,8 @@ class LayerSensitivity:
 
 @dataclass
 class Sensitivity:
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # (as a run record)
+
     workload: str
     metric: str
     baseline: float
@@ -76,14 +88,15 @@ class Sensitivity:
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Conv and Linear layers, the classifier head (the last of them) left out."""
+    """Conv, Linear and recurrent (LSTM, GRU, RNN) layers, the classifier head (the last Conv
+    or Linear) left out."""
     from fulcrum.techniques.base import head_name
 
     head = head_name(model)
     return [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear) and name != head
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear | nn.RNNBase) and name != head
     ]
 
 
@@ -127,105 +140,34 @@ def analyse(
     ``prune_layers`` bounds the pruning part (a pruning and an evaluation per layer and ratio)
     to that many layers, those with the most MACs; the others get no curve, and an allocation
     leaves them unpruned."""
-    from fulcrum import measure
-    from fulcrum.compression import compress, context_of, deployed, onnx_bytes, output_of
-    from fulcrum.evaluation import evaluate_workload
-    from fulcrum.metrics import MAIN_METRIC
-    from fulcrum.runtimes import default_threads, torch_threads
-    from fulcrum.techniques import Candidate, get
-    from fulcrum.techniques.quantize import QuantizeConfig
-
     say = progress or (lambda _m: None)
     threads = threads or default_threads()
     start = time.perf_counter()
     small = subset(workload, samples)
     main = MAIN_METRIC[workload.task]
-    output = output_of(workload)
 
     def metric(model: Any) -> float:
         return float(evaluate_workload(small, model, threads=threads).metrics[main] or 0.0)
 
-    baseline = metric(workload.model)
     model = workload.model
-    if isinstance(model, nn.Module):
-        total_macs, _, rows = measure.torch_compute(model, workload.example_inputs)
-        macs_of = {row.name: row.macs for row in rows}
-        layers = [
-            LayerSensitivity(
-                name=name,
-                kind=type(module).__name__,
-                params=sum(p.numel() for p in module.parameters()),
-                macs=int(macs_of.get(name, 0)),
-                mac_share=round(macs_of.get(name, 0) / total_macs, 6) if total_macs else 0.0,
-                channels=int(
-                    getattr(module, "out_channels", 0) or getattr(module, "out_features", 0)
-                ),
-            )
-            for name, module in prunable_layers(model)
-        ]
-    else:  # an ONNX workload: its Conv / MatMul / Gemm nodes, quantization only
-        prune = False
-        graph = model.proto()
-        total_macs, _, rows = measure.onnx_compute(
-            graph, [list(t.shape) for t in workload.example_inputs]
-        )
-        layers = [
-            LayerSensitivity(
-                name=row.name,
-                kind=row.kind,
-                params=row.params,
-                macs=row.macs,
-                mac_share=round(row.macs / total_macs, 6) if total_macs else 0.0,
-            )
-            for row in rows
-            if row.kind in ("Conv", "MatMul", "Gemm")
-        ]
+    baseline = metric(model)
+    layers, total_macs = _listed(workload)
+    prune = prune and isinstance(model, nn.Module)  # an ONNX workload: quantization only
     if prune:
         costly = sorted(layers, key=lambda la: -la.macs)[: prune_layers or len(layers)]
         chosen = [la for la in layers if la in costly]
         for i, layer in enumerate(chosen):
             say(f"pruning {layer.name} alone ({i + 1}/{len(chosen)})")
-            for ratio in ratios:
-                recipe = f"prune:ratio=0.0,layer_ratios={layer.name}:{ratio}"
-                try:
-                    candidate = compress(model, recipe, workload, threads=threads)
-                except FulcrumError as exc:
-                    layer.prune_error = first_line(exc, 200)
-                    break
-                pruned = candidate.require_float("sensitivity")
-                layer.prune[str(ratio)] = round(metric(pruned), 6)
-                after = measure.torch_compute(pruned, workload.example_inputs)[0]
-                layer.saved[str(ratio)] = round(1 - after / total_macs, 6) if total_macs else 0.0
-    int8_metric = None
+            _prune_curve(workload, layer, ratios, total_macs, metric, threads)
     # the float graph, exported once (the export costs more than quantizing it): every int8
     # variant quantizes this graph, as quantize does after a graph step
     graph_bytes = (
         onnx_bytes(Candidate.of(model), workload.example_inputs) if quantize or latency else b""
     )
+    int8_metric = None
     if quantize:
         say("quantizing every layer to int8")
-        exported = replace(Candidate.of(model), onnx=graph_bytes, runtime="onnxruntime")
-        ctx = context_of(workload, threads=threads)
-
-        def int8(skip: tuple[str, ...]) -> Any:
-            return get("quantize").apply(QuantizeConfig(skip=skip), exported, ctx)
-
-        try:
-            with torch_threads(threads):
-                all_int8 = int8(())
-        except FulcrumError as exc:
-            log.warning("sensitivity: int8-static does not apply (%s)", first_line(exc))
-        else:
-            int8_metric = round(metric(deployed(all_int8, threads, output)), 6)
-            for i, layer in enumerate(layers):
-                say(f"int8 with {layer.name} left in float ({i + 1}/{len(layers)})")
-                try:
-                    with torch_threads(threads):
-                        candidate = int8((layer.name,))
-                except FulcrumError as exc:
-                    log.info("sensitivity: int8 without %s: %s", layer.name, first_line(exc))
-                    continue
-                layer.float_metric = round(metric(deployed(candidate, threads, output)), 6)
+        int8_metric = _int8_curve(small, graph_bytes, layers, metric, threads, say)
     other = None
     if latency:
         say("timing every node with ONNX Runtime's profiler")
@@ -245,6 +187,98 @@ def analyse(
         latency_other=other,
         seconds=round(time.perf_counter() - start, 1),
     )
+
+
+def _listed(workload: Workload) -> tuple[list[LayerSensitivity], int]:
+    """The layers analysed, and the model's MACs: a PyTorch model's prunable layers, or an
+    ONNX workload's Conv / MatMul / Gemm nodes."""
+    model = workload.model
+    if isinstance(model, nn.Module):
+        total_macs, _, rows = measure.torch_compute(model, workload.example_inputs)
+        macs_of = {row.name: row.macs for row in rows}
+        return [
+            LayerSensitivity(
+                name=name,
+                kind=type(module).__name__,
+                params=sum(p.numel() for p in module.parameters()),
+                macs=int(macs_of.get(name, 0)),
+                mac_share=round(macs_of.get(name, 0) / total_macs, 6) if total_macs else 0.0,
+                channels=int(
+                    getattr(module, "out_channels", 0)
+                    or getattr(module, "out_features", 0)
+                    or getattr(module, "hidden_size", 0)
+                ),
+            )
+            for name, module in prunable_layers(model)
+        ], total_macs
+    total_macs, _, found = measure.onnx_compute(
+        model.proto(), [list(t.shape) for t in workload.example_inputs]
+    )
+    return [
+        LayerSensitivity(
+            name=row.name,
+            kind=row.kind,
+            params=row.params,
+            macs=row.macs,
+            mac_share=round(row.macs / total_macs, 6) if total_macs else 0.0,
+        )
+        for row in found
+        if row.kind in ("Conv", "MatMul", "Gemm")
+    ], total_macs
+
+
+def _prune_curve(
+    workload: Workload,
+    layer: LayerSensitivity,
+    ratios: Sequence[float],
+    total_macs: int,
+    metric: Callable[[Any], float],
+    threads: int,
+) -> None:
+    """``layer`` pruned alone at each ratio: the metric after, and the share of MACs saved."""
+    for ratio in ratios:
+        recipe = f"prune:ratio=0.0,layer_ratios={layer.name}:{ratio}"
+        try:
+            candidate = compress(workload.model, recipe, workload, threads=threads)
+        except FulcrumError as exc:
+            layer.prune_error = first_line(exc, 200)
+            return
+        pruned = candidate.require_float("sensitivity")
+        layer.prune[str(ratio)] = round(metric(pruned), 6)
+        after = measure.torch_compute(pruned, workload.example_inputs)[0]
+        layer.saved[str(ratio)] = round(1 - after / total_macs, 6) if total_macs else 0.0
+
+
+def _int8_curve(
+    workload: Workload,
+    graph_bytes: bytes,
+    layers: list[LayerSensitivity],
+    metric: Callable[[Any], float],
+    threads: int,
+    say: Callable[[str], None],
+) -> float | None:
+    """The metric of static int8 everywhere (returned), and with each layer alone left in
+    float (``layer.float_metric``); None where int8-static does not apply."""
+    exported = replace(Candidate.of(workload.model), onnx=graph_bytes, runtime="onnxruntime")
+    ctx = context_of(workload, threads=threads)
+
+    def int8(skip: tuple[str, ...]) -> Any:
+        with torch_threads(threads):
+            candidate = get("quantize").apply(QuantizeConfig(skip=skip), exported, ctx)
+        return deploy(workload, candidate, "onnxruntime", threads)
+
+    try:
+        int8_metric = round(metric(int8(())), 6)
+    except FulcrumError as exc:
+        log.warning("sensitivity: int8-static does not apply (%s)", first_line(exc))
+        return None
+    for i, layer in enumerate(layers):
+        say(f"int8 with {layer.name} left in float ({i + 1}/{len(layers)})")
+        try:
+            layer.float_metric = round(metric(int8((layer.name,))), 6)
+        except FulcrumError as exc:
+            log.info("sensitivity: int8 without %s: %s", layer.name, first_line(exc))
+    return int8_metric
 
 
 def _count(workload: Workload) -> int:
@@ -271,13 +305,13 @@ def latency_shares(
     import onnxruntime as ort
 
     from fulcrum.runtimes import with_batch
-    from fulcrum.techniques.quantize import _skipped_nodes
+    from fulcrum.techniques.onnx_nodes import skipped_nodes
 
     proto = onnx.load_from_string(graph)
     owner: dict[str, str] = {}
     for name in layers:
         try:
-            for node in _skipped_nodes(proto, [name]):
+            for node in skipped_nodes(proto, [name]):
                 owner.setdefault(node, name)
         except ConfigError:
             continue

@@ -14,7 +14,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fulcrum.errors import ConfigError
-from fulcrum.techniques import Candidate, Context, Technique, TechniqueConfig, config_from_dict
+from fulcrum.techniques import (
+    ROLES,
+    Candidate,
+    Context,
+    Scope,
+    Technique,
+    TechniqueConfig,
+    config_from_dict,
+)
 
 # fast settings for techniques that train; anything else runs with its defaults
 QUICK: dict[str, dict[str, Any]] = {"finetune": {"epochs": 1}, "distill": {"epochs": 1}}
@@ -44,6 +52,45 @@ def tiny_mlp(num_classes: int = 4) -> nn.Module:
     ).eval()
 
 
+class TinyRecurrent(nn.Module):
+    """A recurrent classifier of ``(batch, steps, features)`` sequences: a stack of recurrent
+    layers (``kind``: ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN``) read at its last step by a Linear
+    head. ``batch_first=False`` runs the layers time-major (the input is transposed for them)."""
+
+    def __init__(
+        self,
+        kind: Callable[..., nn.RNNBase] = nn.LSTM,
+        features: int = 192,
+        hidden: int = 16,
+        layers: int = 2,
+        bidirectional: bool = True,
+        batch_first: bool = True,
+        num_classes: int = 4,
+    ) -> None:
+        super().__init__()
+        self.rnn: nn.RNNBase = kind(
+            features,
+            hidden,
+            num_layers=layers,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+        )
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.rnn.batch_first:
+            x = x.transpose(0, 1)
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1] if self.rnn.batch_first else out[-1])
+
+
+def tiny_lstm(num_classes: int = 4) -> nn.Module:
+    """A 2-layer bidirectional LSTM classifier of 8 steps of 192 features (``TinyRecurrent``):
+    wide enough an input for ``lowrank`` to factorise."""
+    torch.manual_seed(0)
+    return TinyRecurrent(nn.LSTM, num_classes=num_classes).eval()
+
+
 def tiny_data(
     shape: tuple[int, ...], num_classes: int = 4, n: int = 96, seed: int = 0
 ) -> TensorDataset:
@@ -58,20 +105,20 @@ def tiny_data(
 def tiny_bert(num_classes: int = 4) -> nn.Module:
     """A 2-layer BERT classifier built from a ``transformers`` config (no weights downloaded),
     taking ``(input_ids, attention_mask)``."""
-    from fulcrum.workloads.text import transformers_module
+    from fulcrum.workloads.text import transformers_quietly  # (an optional extra)
 
-    transformers = transformers_module()
-    config = transformers.BertConfig(
-        vocab_size=TOKENS,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    config.num_labels = num_classes
-    torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(config).eval()
+    with transformers_quietly() as transformers:
+        config = transformers.BertConfig(
+            vocab_size=TOKENS,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        )
+        config.num_labels = num_classes
+        torch.manual_seed(0)
+        return transformers.BertForSequenceClassification(config).eval()
 
 
 TOKENS, SEQUENCE = 60, 12
@@ -108,6 +155,7 @@ TINY: dict[str, tuple[Callable[[], nn.Module], Callable[[int, int], torch.utils.
     "cnn": (tiny_cnn, _dense_data((3, 8, 8))),
     "mlp": (tiny_mlp, _dense_data((16,))),
     "bert": (tiny_bert, lambda n, seed: TokenData(n=n, seed=seed)),
+    "lstm": (tiny_lstm, _dense_data((8, 192))),
 }
 
 
@@ -233,6 +281,7 @@ def check_technique(
     assert parse_recipe(str(config)) == (config,), (
         f"{name}: config does not round-trip its recipe text"
     )
+    _check_search(technique)
     if technique.invalid:
         try:
             technique.config(**technique.invalid)
@@ -241,3 +290,32 @@ def check_technique(
         else:
             raise AssertionError(f"{name}: accepted invalid parameters {technique.invalid}")
     return candidate
+
+
+def _check_search(technique: Technique) -> None:
+    """A technique a search draws: its draws are configs of its own class, as recipe text, in
+    every scope it applies to, and its warm starts name only parameters it draws."""
+    if technique.search is None:
+        return
+    name = technique.name
+    assert technique.search.role in ROLES, f"{name}: unknown role {technique.search.role!r}"
+    for transformer in (False, True):
+        scope = Scope(task="multiclass", transformer=transformer, fallback=("0",))
+        if not technique.search.applies(scope):
+            continue
+        for pick in ("low", "high"):
+            drawn = technique.search.draw(EdgeTrial(pick), scope)
+            assert isinstance(drawn, technique.config), f"{name}: draw() returned {drawn!r}"
+        for start in technique.search.warm_starts(scope):
+            for owner, params in start.params.items():
+                assert all(k.startswith(f"{owner}.") for k in params), (
+                    f"{name}: a warm start gives {owner} parameters not named after it: {params}"
+                )
+
+
+def contract_cases() -> list[tuple[str, str]]:
+    """Every registered technique with each tiny model kind it is checked on: what the contract
+    suite runs (a technique is tested by registering it)."""
+    from fulcrum.techniques import TECHNIQUES
+
+    return [(name, kind) for name in sorted(TECHNIQUES) for kind in TECHNIQUES[name].contract_kinds]

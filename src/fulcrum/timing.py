@@ -131,24 +131,27 @@ def compare_tuned(
     example_inputs: Sequence[torch.Tensor],
     *,
     tune: Sequence[str],
-    batch_size: int,
+    batch_sizes: Sequence[int],
     threads: int,
     seconds: float,
-) -> dict[str, tuple[Latency, int]]:
-    """Like ``compare_latency`` at one batch size, and each ONNX Runtime model named in ``tune``
-    is also timed with each intra-op thread count of ``runtimes.thread_choices(threads)``; each
-    runner's latency is at its fastest count, returned beside it.
+) -> dict[tuple[str, int], tuple[Latency, int]]:
+    """Like ``compare_latency``, and each session named in ``tune`` whose runtime lets a
+    session choose its threads (``Runtime.tunes_threads``) is also timed with each intra-op
+    thread count of ``runtimes.thread_choices(threads)``; each runner's latency at each batch
+    size is at its fastest count there, returned beside it.
 
     The session's thread count is a deployment setting like the graph itself: a small model can
-    run faster on fewer threads than the machine has. ``seconds`` is per runner, as
-    ``compare_latency`` gives it for two.
+    run faster on fewer threads than the machine has. ``seconds`` is per runner and batch size,
+    as ``compare_latency`` gives it for two.
     """
     variants: dict[str, dict[int, Callable[..., object]]] = {}  # label -> thread count -> runner
     own: dict[str, int] = {}  # the count each runner came with
     for label, runner in runners.items():
-        if not isinstance(runner, runtimes.OnnxModel):  # a PyTorch model: the process's threads
-            own[label], variants[label] = threads, {threads: runner}
+        if not _tunable(runner):  # a PyTorch model: the process's threads
+            own[label] = getattr(runner, "threads", threads)
+            variants[label] = {own[label]: runner}
             continue
+        assert isinstance(runner, runtimes.Session)
         own[label] = runner.threads
         counts = {*runtimes.thread_choices(threads), runner.threads} if label in tune else set()
         variants[label] = {c: runner.with_threads(c) for c in counts - {runner.threads}}
@@ -156,15 +159,23 @@ def compare_tuned(
     times = compare_latency(
         {f"{label}@{c}": r for label, byc in variants.items() for c, r in byc.items()},
         example_inputs,
-        batch_sizes=(batch_size,),
+        batch_sizes=batch_sizes,
         threads=threads,
         seconds=seconds * sum(map(len, variants.values())) / 2,
     )
     out = {}
     for label, byc in variants.items():
-        found = {c: times[(f"{label}@{c}", batch_size)] for c in byc}
-        count = min(found, key=lambda c: found[c].median_ms)
-        if found[count].median_ms > THREADS_GAIN * found[own[label]].median_ms:
-            count = own[label]
-        out[label] = (found[count], count)
+        for b in batch_sizes:
+            found = {c: times[(f"{label}@{c}", b)] for c in byc}
+            count = min(found, key=lambda c: found[c].median_ms)
+            if found[count].median_ms > THREADS_GAIN * found[own[label]].median_ms:
+                count = own[label]
+            out[(label, b)] = (found[count], count)
     return out
+
+
+def _tunable(runner: object) -> bool:
+    """Whether ``runner`` is a session whose runtime gives each session its own threads."""
+    if not isinstance(runner, runtimes.Session):
+        return False
+    return runtimes.get(runner.runtime).tunes_threads

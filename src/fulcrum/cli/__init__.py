@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
 from fulcrum._version import __version__
-from fulcrum.errors import EXIT_BUG, FulcrumError, first_line
+from fulcrum.errors import EXIT_BUG, FulcrumError, disk_full, first_line
 
 COMMANDS = (
     "workloads",
@@ -22,6 +23,7 @@ COMMANDS = (
     "search",
     "report",
     "export",
+    "verify",
     "env",
     "demo",
 )
@@ -73,6 +75,8 @@ def _configure_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; exit 0 done, 1 a finding (no candidate met the budget), 2 bad input
+    (the user's own code failing included), 3 a bug in Fulcrum, 130 Ctrl-C."""
     _configure_logging()
     for noisy in ("torch", "torchao", "onnxscript", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -86,15 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _join_torchrun(args.command)
         return int(args.run(args))
     except FulcrumError as exc:
-        print(f"fulcrum {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _refused(args, exc)
     except KeyboardInterrupt:
         resume = " (run the same command again to resume it)" if args.command == "search" else ""
         print(f"fulcrum {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug, not a user mistake: say so, and how to report it
+    except Exception as exc:  # a full disk is the user's to fix; anything else is a bug
+        full = disk_full(exc)
+        if full is not None:
+            return _refused(args, full)
         if args.debug:
-            raise
+            traceback.print_exc()
+            return EXIT_BUG
         print(
             f"fulcrum {args.command}: internal error: {type(exc).__name__}: {first_line(exc, 200)} "
             "-- this is a bug in Fulcrum; rerun with --debug for the traceback and report it "
@@ -102,6 +109,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BUG
+
+
+# a message longer than this is cut (a 100,000-character recipe value, echoed back)
+MESSAGE_LIMIT = 600
+
+
+def _refused(args: argparse.Namespace, exc: FulcrumError) -> int:
+    """The one-line error of a refusal (with the traceback under --debug), and its exit code."""
+    if args.debug:
+        traceback.print_exc()
+    text = " ".join(str(exc).split())
+    if len(text) > MESSAGE_LIMIT:
+        text = text[: MESSAGE_LIMIT - 25] + " ... (message shortened)"
+    print(f"fulcrum {args.command}: error: {text}", file=sys.stderr)
+    return exc.exit_code
 
 
 def _join_torchrun(command: str) -> None:

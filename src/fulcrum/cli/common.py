@@ -90,23 +90,6 @@ def check_writable(path: Path | None, option: str = "--json", folder: bool = Fal
         )
 
 
-def check_run_folder(out: Path | None, command: str) -> None:
-    """A run folder belongs to one command: refuse to write a compress into a search's folder
-    (or the reverse), which would leave results.json describing files it did not write."""
-    if out is None or not (out / "results.json").is_file():
-        return
-    try:
-        previous = json.loads((out / "results.json").read_text())
-    except (OSError, ValueError):
-        previous = {}
-    kind = previous.get("command", "search")
-    if kind != command:
-        raise ConfigError(
-            f"--out {str(out)!r} holds a `fulcrum {kind}` run; a `fulcrum {command}` run needs a "
-            "folder of its own: choose another --out."
-        )
-
-
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is None:
         return

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fulcrum.cli.common import (
     add_workload_arguments,
-    check_run_folder,
     check_writable,
     int_list,
     seed_value,
     write_json,
 )
+
+if TYPE_CHECKING:
+    from fulcrum.runfolder import Run
 
 
 def add_parser(sub: Any) -> None:
@@ -37,10 +39,14 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # (the library loads torch: `fulcrum --help` stays fast without it)
     from rich.console import Console
+    from rich.markup import escape
 
     from fulcrum import distributed, workloads
     from fulcrum.compression import recipe_from, timestamp
+    from fulcrum.report import write_report
+    from fulcrum.runs import compress_run
 
     console = Console(stderr=True)
     recipe = recipe_from(args.recipe)  # a bad recipe fails before anything is computed
@@ -52,9 +58,6 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{workload.name}-{timestamp()}"
     if not peer:
         check_writable(out, "--out", folder=True)
-        check_run_folder(out, "compress")
-    from fulcrum.runs import compress_run
-
     result = compress_run(
         workload,
         recipe,
@@ -62,23 +65,23 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         batch_sizes=args.batch_sizes,
         seconds=args.seconds,
-        progress=(lambda _m: None) if peer else (lambda m: console.print(f"[dim]{m}[/dim]")),
+        progress=(lambda _m: None)
+        if peer
+        else (lambda m: console.print(f"[dim]{escape(m)}[/dim]")),
         out=out,
     )
-    if peer:
+    if result is None:
         return 0
     render(result)
-    from fulcrum.report import write_report
-
     paths = write_report(out)
-    write_json(args.json, result)
+    write_json(args.json, result.model_dump(mode="json"))
     print(f"report: {paths['report']}")
     written = ["results.json", "model.onnx", "model.safetensors"]
     print("\nwrote " + ", ".join(f"{out}/{name}" for name in written if (out / name).is_file()))
     return 0
 
 
-def render(result: dict[str, Any]) -> None:
+def render(run: Run) -> None:
     """The before/after table: metrics, size, compute, latency, and the ratios."""
     from rich.console import Console
     from rich.markup import escape
@@ -87,10 +90,11 @@ def render(result: dict[str, Any]) -> None:
     from fulcrum.cli.common import human, human_bytes
 
     console = Console()
-    result = result["comparison"]  # the before/after figures of a compress run
-    base, cand = result["baseline"], result["candidate"]
+    result = run.comparison  # the before/after figures of a compress run
+    assert result is not None
+    base, cand = result.baseline, result.candidate
     table = Table(
-        title=f"{result['workload']}: {escape(result['recipe'])}  (runs on {result['runtime']})",
+        title=f"{run.workload}: {escape(result.recipe)}  (runs on {result.runtime})",
         title_justify="left",
     )
     for col in ("", "baseline", "compressed", "ratio"):
@@ -99,57 +103,54 @@ def render(result: dict[str, Any]) -> None:
     def ratio(a: float | None, b: float | None) -> str:
         return f"{b / a:.3f}x" if a and b is not None else "-"
 
-    for name, value in base["evaluation"]["metrics"].items():
-        after = cand["evaluation"]["metrics"].get(name)
+    for name, value in base.metrics.items():
+        after = cand.metrics.get(name)
         if name == "threshold":
             continue
         if value is None or after is None:
             delta = "-"
-        elif result["task"] == "regression":  # errors in the target's units, not fractions
+        elif run.task == "regression":  # errors in the target's units, not fractions
             delta = f"{after - value:+.4g}"
         else:
             delta = f"{(after - value) * 100:+.2f} pt"
         table.add_row(name, _num(value), _num(after), delta)
     table.add_row(
-        "parameters",
-        f"{base['params']:,}",
-        f"{cand['params']:,}",
-        ratio(base["params"], cand["params"]),
+        "parameters", f"{base.params:,}", f"{cand.params:,}", ratio(base.params, cand.params)
     )
     table.add_row(
         "non-zero parameters",
-        f"{base['params_nonzero']:,}",
-        f"{cand['params_nonzero']:,}",
-        ratio(base["params_nonzero"], cand["params_nonzero"]),
+        f"{base.params_nonzero:,}",
+        f"{cand.params_nonzero:,}",
+        ratio(base.params_nonzero, cand.params_nonzero),
     )
-    table.add_row(
-        "MACs", human(base["macs"]), human(cand["macs"]), ratio(base["macs"], cand["macs"])
-    )
+    table.add_row("MACs", human(base.macs), human(cand.macs), ratio(base.macs, cand.macs))
     for fmt in ("onnx", "safetensors"):
-        if fmt not in base["bytes"] or fmt not in cand["bytes"]:
-            continue  # an ONNX workload has no PyTorch weights
+        if fmt not in base.bytes or fmt not in cand.bytes:
+            continue  # an ONNX workload has no PyTorch weights; an int8 graph none either
         table.add_row(
             f"bytes on disk ({fmt})",
-            human_bytes(base["bytes"][fmt]),
-            human_bytes(cand["bytes"][fmt]),
-            ratio(base["bytes"][fmt], cand["bytes"][fmt]),
+            human_bytes(base.bytes[fmt]),
+            human_bytes(cand.bytes[fmt]),
+            ratio(base.bytes[fmt], cand.bytes[fmt]),
         )
-    rows = {(r["model"], r["runtime"], r["batch_size"]): r for r in result["latency"]}
+    rows = {(r.model, r.runtime, r.batch_size): r for r in result.latency}
     for (model, runtime, batch), row in rows.items():
         if model != "baseline":
             continue
-        after = rows.get(("candidate", runtime, batch))
+        paired = rows.get(("candidate", runtime, batch))
         for stat in ("median_ms", "p90_ms"):
+            before_ms = getattr(row, stat)
+            after_ms = getattr(paired, stat) if paired else None
             table.add_row(
                 f"{runtime} batch {batch} {stat.replace('_ms', '')} (ms)",
-                f"{row[stat]:.3f}",
-                f"{after[stat]:.3f}" if after else "-",
-                f"{row[stat] / after[stat]:.2f}x faster" if after else "n/a (int8 graph)",
+                f"{before_ms:.3f}",
+                f"{after_ms:.3f}" if after_ms else "-",
+                f"{before_ms / after_ms:.2f}x faster" if after_ms else "n/a (int8 graph)",
             )
     console.print(table)
-    for step in result["steps"]:
-        for note in step["notes"]:
-            console.print(f"note ({step['config']['type']}): {escape(note)}")
+    for step in result.steps:
+        for note in step.notes:
+            console.print(f"note ({step.config['type']}): {escape(note)}")
 
 
 def _num(value: float | None) -> str:

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from fulcrum.compression import timestamp
     from fulcrum.export import export
     from fulcrum.report import write_report
-    from fulcrum.study import SearchSettings
-    from fulcrum.sweetspot import search
+    from fulcrum.search.run import search
+    from fulcrum.search.settings import SearchSettings
 
     start = time.perf_counter()
     console = Console(stderr=True)
@@ -57,18 +57,18 @@ def run(args: argparse.Namespace) -> int:
     render(result)
     console.print("[bold]3/4 writing the report[/bold]")
     paths = write_report(out)
-    pick = result["pick"]["point"]
+    pick = result.pick.point
     if pick is not None:
         console.print("[bold]4/4 exporting the sweet spot[/bold] (verified against the model)")
         for fmt in ("onnx", "safetensors"):
             export(out, fmt=fmt, force=True)
         paths = write_report(out)  # the card now records the export checks
-        base = result["baseline"]
+        base = result.baseline
         print(
-            f"\nsweet spot: {pick['recipe'] or '(none)'}\n"
-            f"  accuracy {base['metric']:.4f} -> {pick['metric']:.4f} ({(pick['metric'] - base['metric']) * 100:+.2f} pt), "
-            f"{base['size_bytes'] / pick['size_bytes']:.1f}x smaller, "
-            f"{base['latency_ms'] / pick['latency_ms']:.2f}x faster at batch 1 on onnxruntime"
+            f"\nsweet spot: {pick.recipe or '(none)'}\n"
+            f"  accuracy {base.metric:.4f} -> {pick.metric:.4f} ({(pick.metric - base.metric) * 100:+.2f} pt), "
+            f"{base.size_bytes / pick.size_bytes:.1f}x smaller, "
+            f"{base.latency_ms / pick.latency_ms:.2f}x faster at batch 1 on onnxruntime"
         )
     print(f"demo finished in {time.perf_counter() - start:.0f} s; open {paths['report'].resolve()}")
     return 0 if pick is not None else 1

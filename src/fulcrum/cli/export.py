@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fulcrum.cli.common import positive_int
+
+if TYPE_CHECKING:
+    from fulcrum.runfolder import ExportRecord
 
 
 def add_parser(sub: Any) -> None:
@@ -16,7 +19,12 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "run_dir", type=Path, help="a folder written by `fulcrum search` or `fulcrum compress`"
     )
-    parser.add_argument("--format", default="onnx", choices=["onnx", "safetensors", "pt2"])
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "safetensors", "pt2"],
+        help="onnx: the deployed graph (default); safetensors or pt2: the PyTorch model",
+    )
     parser.add_argument(
         "--trial", type=int, default=None, help="export this trial instead of the sweet spot"
     )
@@ -26,28 +34,55 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--force", action="store_true", help="overwrite files already in the output folder"
     )
-    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="export a candidate the run recorded no metric for (a pruned trial), unchecked",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="intra-op threads while checking"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fulcrum.export import export
+    from fulcrum.export import export  # (loads torch: `fulcrum --help` stays fast)
 
-    record = export(args.run_dir, fmt=args.format, trial=args.trial, out=args.out, force=args.force)
-    p = record["parity"]
-    print(f"exported {', '.join(record['files'])} to {record['out']}")
-    metric = p.get("metric", {})
-    if metric.get("recorded") is not None:
-        print(
-            f"re-evaluated on the validation split: {metric['name']} {metric['exported']:.4f}, "
-            f"as recorded ({metric['recorded']:.4f}; tolerance {metric['tolerance']})"
-        )
-    if "max_abs" in p:
-        print(
-            f"against the float model on {p['samples']} validation samples: max abs difference "
-            f"{p['max_abs']:.3g}, max relative {p['max_rel']:.3g} (tolerance atol "
-            f"{record['tolerance']['atol']}, rtol {record['tolerance']['rtol']})"
-        )
-    if "vs_float_max_abs" in p:
-        print(f"deviation from the float model: max abs {p['vs_float_max_abs']:.3g}")
+    record = export(
+        args.run_dir,
+        fmt=args.format,
+        trial=args.trial,
+        out=args.out,
+        force=args.force,
+        check=args.check,
+    )
+    print(
+        f"exported {', '.join(record.files)} to {args.out or args.run_dir / 'export' / args.format}"
+    )
+    describe(record)
     return 0
+
+
+def describe(record: ExportRecord) -> None:
+    """What the export holds and what was checked, in a few lines."""
+    p = record.parity
+    print(f"it holds {record.contains}")
+    metric = p.metric
+    if metric is not None and metric.checked and metric.recorded is not None:
+        print(
+            f"re-evaluated on the validation split: {metric.name} {metric.exported:.4f}, "
+            f"as recorded ({metric.recorded:.4f}; tolerance {metric.tolerance})"
+        )
+    elif metric is not None:
+        print(
+            f"{metric.name} on the validation split: {metric.exported} (not checked against the run)"
+        )
+    if p.max_abs is not None:
+        print(
+            f"against the float model on {p.samples} validation samples: max abs difference "
+            f"{p.max_abs:.3g}, max relative {p.max_rel:.3g} (tolerance atol "
+            f"{record.tolerance['atol']}, rtol {record.tolerance['rtol']})"
+        )
+    if p.vs_float_max_abs is not None:
+        print(f"deviation from the float model: max abs {p.vs_float_max_abs:.3g}")

@@ -112,6 +112,11 @@ def render(p: Any, console: Any = None, max_rows: int = 40) -> None:
     summary.add_row("MACs counted", counted)
     top_ops = sorted(p.macs_by_op.items(), key=lambda kv: -kv[1])[:6]
     summary.add_row("MACs by op", ", ".join(f"{k}: {human(v)}" for k, v in top_ops) or "-")
+    blocks: dict[str, int] = {}  # by top-level module: a detector's backbone, neck and head
+    for la in p.layers:
+        blocks[la.name.split(".")[0]] = blocks.get(la.name.split(".")[0], 0) + la.macs
+    if 1 < len(blocks) <= 8:
+        summary.add_row("MACs by block", ", ".join(f"{k}: {human(v)}" for k, v in blocks.items()))
     summary.add_row(
         "peak memory of inference",
         ", ".join(f"{k}: {human_bytes(v)}" for k, v in p.peak_memory_bytes.items()) or "-",

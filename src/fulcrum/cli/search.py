@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fulcrum.cli.common import (
     add_workload_arguments,
-    check_run_folder,
     check_writable,
     positive_int,
     seed_value,
     write_json,
 )
 from fulcrum.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fulcrum.runfolder import Point, Run
 
 
 def budget(text: str) -> tuple[str, float]:
@@ -46,8 +48,10 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--runtime",
         default="onnxruntime",
-        choices=["onnxruntime", "torch"],
-        help="where candidates are deployed and timed (default: onnxruntime)",
+        metavar="TARGET[,TARGET...]|auto",
+        help="where candidates are deployed and timed: onnxruntime (default), torch, and the "
+        "targets `fulcrum env` lists as available (openvino, openvino:int8, torch-compile, ...); "
+        "several, comma-separated, or auto (every available one) searches the target too",
     )
     parser.add_argument(
         "--batch-size", type=positive_int, default=1, help="batch size of the latency objective"
@@ -74,6 +78,13 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")
     parser.add_argument("--seed", type=seed_value, default=0)
+    _add_scale_out_arguments(parser)
+    _add_timing_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_scale_out_arguments(parser: Any) -> None:
+    """Where the study lives and who works on it."""
     parser.add_argument(
         "--workers", type=positive_int, default=1, help="local processes sharing the study"
     )
@@ -96,18 +107,50 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="run folder; run the same command with the same --out to resume",
     )
-    parser.add_argument("--trial-seconds", type=float, default=0.5, help="timing budget per trial")
-    parser.set_defaults(run=run)
+
+
+def _add_timing_arguments(parser: Any) -> None:
+    """How long candidates are timed, and how long they may train."""
+    parser.add_argument(
+        "--trial-seconds",
+        type=float,
+        default=0.5,
+        help="timing budget per trial, in seconds (default: 0.5)",
+    )
+    parser.add_argument(
+        "--final-seconds",
+        type=float,
+        default=2.0,
+        help="timing budget per finalist when the frontier is timed again (default: 2.0)",
+    )
+    parser.add_argument(
+        "--finalists",
+        type=positive_int,
+        default=8,
+        help="frontier points timed again, side by side with the baseline (default: 8)",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=positive_int,
+        default=10,
+        help="the most epochs of recovery training a trial may draw (default: 10)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    # (the library loads torch and optuna: `fulcrum --help` stays fast without them)
     from rich.console import Console
+    from rich.markup import escape
 
     from fulcrum import workloads
     from fulcrum.artifacts import open_store
     from fulcrum.compression import timestamp
-    from fulcrum.study import SearchSettings, check_storage_url
-    from fulcrum.sweetspot import check_policy, search
+    from fulcrum.report import write_report
+    from fulcrum.runfolder import claim
+    from fulcrum.search.run import search
+    from fulcrum.search.settings import SearchSettings
+    from fulcrum.search.storage import check_storage_url
+    from fulcrum.workloads import source_of
 
     budgets = dict(args.budget)
     if len(budgets) != len(args.budget):
@@ -125,12 +168,13 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         trial_seconds=args.trial_seconds,
+        final_seconds=args.final_seconds,
+        finalists=args.finalists,
+        max_epochs=args.max_epochs,
     )
     check_writable(args.json)
-    check_policy(settings)
     if args.out is not None:
         check_writable(args.out, "--out", folder=True)
-        check_run_folder(args.out, "search")
     if args.storage:
         check_storage_url(args.storage)
     if args.artifacts:
@@ -140,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     )
     out = args.out or Path("runs") / f"{workload.name}-search-{timestamp()}"
     check_writable(out, "--out", folder=True)
-    check_run_folder(out, "search")
+    claim(out, "search", source_of(workload), {}, create=False)  # another run's: before work
     console = Console(stderr=True)
     try:
         result = search(
@@ -151,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
             storage=args.storage,
             study_name=args.study,
             threads=args.threads,
-            progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+            progress=lambda m: console.print(f"[dim]{escape(m)}[/dim]"),
             artifacts=args.artifacts,
         )
     except KeyboardInterrupt:  # the running trials were failed and queued again
@@ -159,19 +203,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"fulcrum search: interrupted (run {again} to resume it)", file=sys.stderr)
         return 130
     render(result)
-    from fulcrum.report import write_report
-
     paths = write_report(out)
-    write_json(args.json, result)
+    write_json(args.json, result.model_dump(mode="json"))
     print(f"report: {paths['report']}")
-    print(
-        f"\nwrote {out}/results.json"
-        + (f" and {out}/sweetspot/" if result["pick"]["point"] else "")
-    )
-    return 0 if result["pick"]["point"] else 1
+    print(f"\nwrote {out}/results.json" + (f" and {out}/sweetspot/" if result.pick.point else ""))
+    return 0 if result.pick.point else 1
 
 
-def render(result: dict[str, Any]) -> None:
+def render(result: Run) -> None:
     """Baseline, sweet spot and frontier, with ratios to the baseline."""
     from rich.console import Console
     from rich.markup import escape
@@ -180,11 +219,10 @@ def render(result: dict[str, Any]) -> None:
     from fulcrum.cli.common import human_bytes
 
     console = Console(width=None if Console().is_terminal else 120)
-    base = result["baseline"]
-    pick = result["pick"]
-    name = Path(str(result["workload"])).name
+    base, pick = result.baseline, result.pick
+    name = Path(str(result.workload)).name
     table = Table(
-        title=f"{name}: {len(result['trials'])} trials in {result['search_seconds']:.0f} s",
+        title=f"{name}: {len(result.trials)} trials in {result.seconds:.0f} s",
         title_justify="left",
     )
     for col in ("", "trial", "metric", "drop", "latency ms", "size", "recipe"):
@@ -194,46 +232,56 @@ def render(result: dict[str, Any]) -> None:
     table.add_row(
         "baseline",
         "-",
-        f"{base['metric']:.4f}",
+        f"{base.metric:.4f}",
         "-",
-        f"{base['latency_ms']:.3f}",
-        human_bytes(base["size_bytes"]),
+        f"{base.latency_ms:.3f}",
+        human_bytes(base.size_bytes),
         "",
     )
 
-    def row(label: str, p: dict[str, Any]) -> None:
+    def row(label: str, p: Point) -> None:
         table.add_row(
             label,
-            p["trial"],
-            f"{p['metric']:.4f}",
-            f"{(base['metric'] - p['metric']) * 100:.2f} pt",
-            f"{p['latency_ms']:.3f} ({base['latency_ms'] / p['latency_ms']:.2f}x)",
-            f"{human_bytes(p['size_bytes'])} ({base['size_bytes'] / p['size_bytes']:.1f}x)",
-            escape(p.get("recipe", "")) or "(none)",
+            p.trial.removesuffix("-default"),
+            f"{p.metric:.4f}",
+            f"{(base.metric - p.metric) * 100:.2f} pt",
+            f"{p.latency_ms:.3f} ({base.latency_ms / p.latency_ms:.2f}x)",
+            f"{human_bytes(p.size_bytes)} ({base.size_bytes / p.size_bytes:.1f}x)",
+            escape(p.recipe) or "(none)",
         )
 
-    if pick["point"]:
-        row("sweet spot", pick["point"])
-    settings = result["settings"]
-    allowed = None
-    if settings.get("max_drop") is not None:
-        scale = base["metric"] if settings.get("relative") else 1.0
-        allowed = scale * settings["max_drop"] / 100
-    within = [
-        p for p in result["frontier"] if allowed is None or base["metric"] - p["metric"] <= allowed
-    ]
-    for p in within:  # the frontier within the metric budget: collapsed candidates are not news
+    if pick.point:
+        row("sweet spot", pick.point)
+    floor = result.budget.floor
+    # the frontier within the metric budget: collapsed candidates are not news
+    within = [p for p in result.frontier if floor is None or result.budget.allows(_point(p))]
+    for p in within:
         row("frontier", p)
+    for p in result.defaults:  # what the runtime gives for free, timed beside the pick
+        row("as it is" if p.trial.endswith("-baseline") else "runtime default", p)
+    for target, figures in result.targets.items():  # a search of several targets
+        picked = result.target_picks.get(target)
+        table.add_row(f"{target} baseline", "-", f"{figures.metric:.4f}", "-",
+                      f"{figures.latency_ms:.3f}", human_bytes(figures.size_bytes), "")  # fmt: skip
+        if picked is not None and picked.point is not None:
+            row(f"{target} pick", picked.point)
     console.print(table)
-    if len(within) < len(result["frontier"]):
+    if len(within) < len(result.frontier):
         console.print(
-            f"{len(result['frontier']) - len(within)} more frontier point(s) lose more than the "
-            "allowed drop: in results.json and the report."
+            f"{len(result.frontier) - len(within)} more frontier point(s) lose more than the "
+            "allowed drop or break a limit: in results.json and the report."
         )
-    console.print(escape(pick["reason"]))
-    if not pick["point"]:
-        for p in pick["closest"]:
+    console.print(escape(pick.reason))
+    if not pick.point:
+        for p in pick.closest:
             console.print(
-                f"closest: trial {p['trial']}: metric {p['metric']:.4f}, latency {p['latency_ms']:.3f} ms, "
-                f"size {human_bytes(p['size_bytes'])}: {escape(p.get('recipe', '')) or '(none)'}"
+                f"closest: trial {p.trial}: metric {p.metric:.4f}, latency {p.latency_ms:.3f} ms, "
+                f"size {human_bytes(p.size_bytes)}: {escape(p.recipe) or '(none)'}"
             )
+
+
+def _point(p: Point) -> Any:
+    from fulcrum import frontier
+    from fulcrum.sweetspot import FIGURES
+
+    return frontier.Point(p.trial, p.model_dump(include=set(FIGURES)))

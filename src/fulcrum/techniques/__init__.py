@@ -14,23 +14,33 @@ from fulcrum.techniques import (  # noqa: F401  (register)
     sparsity,
 )
 from fulcrum.techniques.base import (
+    ROLES,
     TECHNIQUES,
     Candidate,
     Context,
+    Scope,
+    Search,
     Step,
     Technique,
     TechniqueConfig,
+    Trial,
+    WarmStart,
     config_from_dict,
     get,
 )
 
 __all__ = [
+    "ROLES",
     "TECHNIQUES",
     "Candidate",
     "Context",
+    "Scope",
+    "Search",
     "Step",
     "Technique",
     "TechniqueConfig",
+    "Trial",
+    "WarmStart",
     "config_from_dict",
     "get",
 ]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fulcrum.errors import ConfigError, TechniqueError, suggest
+from fulcrum.train import TaskFunctions
 
 
 class Trial(Protocol):
@@ -219,10 +220,91 @@ class Context:
     seed: int = 0
     progress: Callable[[str], None] = lambda _message: None
     on_epoch: Callable[[int, float], None] | None = None  # called with each holdout score
+    # the workload's own loss, soft loss and post-processing (a detector's), if it has them
+    functions: TaskFunctions = field(default_factory=TaskFunctions)
 
 
 ApplyFn = Callable[[Any, Candidate, Context], Candidate]
 SpaceFn = Callable[[Trial], TechniqueConfig]
+
+# the parts of a recipe a search composes, in the one order in which each step can use what came
+# before: structural changes, then recovery training, then graph steps, then quantization
+ROLES = ("structural", "recovery", "graph", "quantization")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a technique's search dimensions may depend on: the model, its task, the target, and
+    what the search's set-up measured (the sensitivity analysis and the quantization probe)."""
+
+    task: str
+    runtime: str = "onnxruntime"
+    transformer: bool = False
+    graph_only: bool = False  # an ONNX workload: no PyTorch model to change or train
+    max_epochs: int = 10
+    # a pruning ratio spread over the layers by sensitivity, steered by a strength (0: uniform)
+    allocate: Callable[[float, float], tuple[str, ...]] | None = None
+    fallback: tuple[str, ...] = ()  # layers int8 hurts most, worst first
+    modes: tuple[str, ...] | None = None  # quantization modes the probe kept, fastest first
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the data has labels to train on (an embedding task has none)."""
+        return self.task != "embedding"
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A point a search tries first, owned by a structural technique: each technique's own
+    parameters by technique name (Optuna's names, spelled in that technique's file), the kind
+    of recovery it needs ("quick": a short fine-tuning, as a mild cut needs; "long":
+    distillation at length, for a deep cut; "student": distillation of a shallower student),
+    and its place among the search's warm starts (``rank``)."""
+
+    rank: int
+    params: dict[str, dict[str, Any]]
+    recovery: str = "quick"
+
+
+@dataclass(frozen=True)
+class Search:
+    """How a search draws a technique: its role, its own dimensions, and its warm starts.
+
+    ``draw(trial, scope)`` suggests the technique's parameters (names prefixed by its own name)
+    and returns its config. ``use`` is the order of the choices of the switch ``use_<name>``
+    (None: no switch; a recovery technique is chosen among its role instead). ``warm(scope,
+    kind)`` is the technique's part in a warm start of ``kind`` ("alone", "quick", "long",
+    "student"): its parameters, or None when it takes no part.
+    """
+
+    role: str
+    order: int
+    draw: Callable[[Trial, Scope], TechniqueConfig]
+    applies: Callable[[Scope], bool] = lambda _scope: True
+    use: tuple[bool, bool] | None = (False, True)
+    warm_starts: Callable[[Scope], tuple[WarmStart, ...]] = lambda _scope: ()
+    warm: Callable[[Scope, str], dict[str, Any] | None] = lambda _scope, _kind: None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(
+                f"a technique's role must be one of {', '.join(ROLES)}; got {self.role!r}."
+            )
+
+
+def recovery_schedule(trial: Trial, config: Any, scope: Scope) -> Any:
+    """The dimensions every recovery technique shares: its epochs capped by the search's
+    ``max_epochs``, and whether it is screened (early stopping, cut short when hopeless, on a
+    holdout carved from the training split) or run to the end of its schedule on all of it."""
+    config = dataclasses.replace(config, epochs=min(config.epochs, scope.max_epochs))
+    if not trial.suggest_categorical("recovery.holdout", [True, False]):
+        config = dataclasses.replace(config, patience=0)
+    return config
+
+
+def screened(holdout: bool) -> dict[str, Any]:
+    """The shared recovery dimension's value in a warm start (see ``recovery_schedule``)."""
+    return {"recovery.holdout": holdout}
 
 
 @dataclass(frozen=True)
@@ -242,6 +324,7 @@ class Technique:
     acts_on: str = "torch"
     # the tiny model kinds of ``fulcrum.testing`` the contract suite checks it on
     contract_kinds: tuple[str, ...] = ("cnn", "mlp")
+    search: Search | None = None  # how a search draws it (None: never drawn, only by recipe)
 
 
 TECHNIQUES: dict[str, Technique] = {}
@@ -288,9 +371,11 @@ def find_modules(model: nn.Module, names: Iterable[str]) -> list[nn.Module]:
     found = []
     for name in names:
         if name not in modules:
+            shown = name if len(name) <= 120 else f"{name[:60]}... ({len(name):,} characters)"
+            close = suggest(name, modules) if len(name) <= 120 else ""
             raise ConfigError(
-                f"layer {name!r} is not in the model; its layers include "
-                f"{', '.join(list(n for n in modules if n)[:8])} ...{suggest(name, modules)}"
+                f"layer {shown!r} is not in the model; its layers include "
+                f"{', '.join(list(n for n in modules if n)[:8])} ...{close}"
             )
         found.append(modules[name])
     return found

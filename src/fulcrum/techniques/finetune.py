@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fulcrum.errors import ConfigError
 from fulcrum.techniques.base import (
     Candidate,
     Context,
+    Scope,
+    Search,
     Step,
     Technique,
     TechniqueConfig,
     Trial,
+    recovery_schedule,
     register,
+    screened,
 )
 from fulcrum.train import AUGMENTS, fit, score
 
@@ -67,13 +71,18 @@ def apply(config: FinetuneConfig, candidate: Candidate, ctx: Context) -> Candida
         patience=None if unlabelled else config.patience or None,
         progress=ctx.progress,
         on_epoch=ctx.on_epoch,
+        functions=ctx.functions,
     )
     facts = {}
     if ctx.val is not None:
         reference = ctx.teacher if unlabelled else None  # cosine to the original, reported only
         facts = {
-            "val_before": round(score(float_model, ctx.val, ctx.task, reference), 4),
-            "val_after": round(score(model, ctx.val, ctx.task, reference), 4),
+            "val_before": round(
+                score(float_model, ctx.val, ctx.task, reference, ctx.functions.postprocess), 4
+            ),
+            "val_after": round(
+                score(model, ctx.val, ctx.task, reference, ctx.functions.postprocess), 4
+            ),
         }
     step = Step(config=config.to_dict(), seconds=round(time.perf_counter() - start, 3), facts=facts)
     return candidate.with_step(step, model=model)
@@ -86,6 +95,11 @@ def space(trial: Trial) -> FinetuneConfig:
     )
 
 
+def warm(scope: Scope, kind: str) -> dict[str, Any] | None:
+    """The quick recovery of a mild cut, screened on a holdout (its epochs and rate drawn)."""
+    return screened(True) if kind == "quick" else None
+
+
 TECHNIQUE = register(
     Technique(
         name="finetune",
@@ -96,6 +110,14 @@ TECHNIQUE = register(
         speeds_up="",
         reduces="",
         invalid={"epochs": 0},
-        contract_kinds=("cnn", "mlp", "bert"),
+        contract_kinds=("cnn", "mlp", "bert", "lstm"),
+        search=Search(
+            role="recovery",
+            order=20,
+            draw=lambda trial, scope: recovery_schedule(trial, space(trial), scope),
+            applies=lambda scope: scope.labelled and not scope.graph_only,  # needs labels
+            use=None,
+            warm=warm,
+        ),
     )
 )

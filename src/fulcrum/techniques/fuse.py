@@ -21,6 +21,7 @@ from fulcrum.runtimes import export_onnx, quiet, with_batch
 from fulcrum.techniques.base import (
     Candidate,
     Context,
+    Search,
     Step,
     Technique,
     TechniqueConfig,
@@ -192,5 +193,13 @@ TECHNIQUE = register(
         invalid={"level": 3},
         acts_on="onnx",
         contract_kinds=("bert",),
+        search=Search(  # a warm start's int8 of a transformer runs on its fused graph
+            role="graph",
+            order=10,
+            draw=lambda trial, _scope: space(trial),
+            applies=lambda scope: scope.transformer and scope.runtime == "onnxruntime",
+            use=(True, False),
+            warm=lambda _scope, _kind: {},
+        ),
     )
 )

@@ -31,14 +31,17 @@ from fulcrum.runtimes import as_inputs, output_tensor
 from fulcrum.techniques.base import (
     Candidate,
     Context,
+    Scope,
+    Search,
     Step,
     Technique,
     TechniqueConfig,
     Trial,
+    WarmStart,
     copy_model,
     register,
 )
-from fulcrum.techniques.layers import encoder_layers
+from fulcrum.techniques.layers import encoder_layers, warm_params
 
 IMPORTANCES = ("gradient", "magnitude")
 
@@ -316,6 +319,20 @@ def space(trial: Trial) -> HeadsConfig:
     )
 
 
+def warm_starts(scope: Scope) -> tuple[WarmStart, ...]:
+    """DistilBERT's student (half the layers), then a third of the layers with a quarter of the
+    heads and half the feed-forward width gone, and with half the heads and three quarters of
+    the width gone (5.5x and 6.7x faster than fp32 on all-MiniLM-L6-v2 with int8, at batch 1),
+    distilled: the frontier then spans int8 alone to the fastest students."""
+    students: list[WarmStart] = [WarmStart(3, {"layers": warm_params(0.5)}, recovery="student")]
+    for heads, ffn in ((0.25, 0.5), (0.5, 0.75)):
+        params = {"heads.ratio": heads, "heads.ffn": ffn, "heads.global_ranking": False}
+        students.append(
+            WarmStart(3, {"layers": warm_params(0.33), "heads": params}, recovery="student")
+        )
+    return tuple(students)
+
+
 TECHNIQUE = register(
     Technique(
         name="heads",
@@ -327,5 +344,12 @@ TECHNIQUE = register(
         reduces="params",
         invalid={"ratio": 1.0},
         contract_kinds=("bert",),
+        search=Search(  # fewer heads and feed-forward channels
+            role="structural",
+            order=20,
+            draw=lambda trial, _scope: space(trial),
+            applies=lambda scope: scope.transformer and not scope.graph_only,
+            warm_starts=warm_starts,
+        ),
     )
 )

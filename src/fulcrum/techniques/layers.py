@@ -20,6 +20,7 @@ from fulcrum.errors import ConfigError
 from fulcrum.techniques.base import (
     Candidate,
     Context,
+    Search,
     Step,
     Technique,
     TechniqueConfig,
@@ -139,6 +140,11 @@ def space(trial: Trial) -> LayersConfig:
     return LayersConfig(ratio=trial.suggest_categorical("layers.ratio", [0.33, 0.5, 0.67]))
 
 
+def warm_params(ratio: float) -> dict[str, float]:
+    """A shallower student's parameters in a warm start (``heads`` builds its students on it)."""
+    return {"layers.ratio": ratio}
+
+
 TECHNIQUE = register(
     Technique(
         name="layers",
@@ -150,5 +156,11 @@ TECHNIQUE = register(
         reduces="params",
         invalid={"keep": 0},
         contract_kinds=("bert",),
+        search=Search(  # a shallower student of the same encoder
+            role="structural",
+            order=10,
+            draw=lambda trial, _scope: space(trial),
+            applies=lambda scope: scope.transformer and not scope.graph_only,
+        ),
     )
 )

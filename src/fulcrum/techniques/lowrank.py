@@ -2,7 +2,10 @@
 
 W (out x in) ~ U_r S_r V_r^T, stored as ``Linear(in, r)`` followed by ``Linear(r, out)``. A layer
 is factorised only when the two factors have fewer parameters than the original, which is where
-the saving in size and compute comes from.
+the saving in size and compute comes from. A recurrent layer (LSTM, GRU, RNN) has its first
+layer's input matrices factorised the same way (a ``Linear(in, r)`` in front of it) where that
+saves a good share of its MACs, and its recurrent matrices left whole
+(``recurrent.factor_input``); each one's step notes say which.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from fulcrum.runtimes import as_inputs
+from fulcrum.techniques import recurrent
 from fulcrum.techniques.base import (
     Candidate,
     Context,
+    Search,
     Step,
     Technique,
     TechniqueConfig,
@@ -114,10 +120,21 @@ def apply(config: LowRankConfig, candidate: Candidate, ctx: Context) -> Candidat
     if head and not config.factor_head:
         skipped.add(head)
     factored: list[str] = []
+    notes: list[str] = []
+    layers = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    calls = recurrent.usage(model, as_inputs(ctx.example_inputs)) if layers else {}
     for name, module in list(model.named_modules()):
         if name in skipped or not name:
             continue
-        replacement = _replacement(module, config)
+        if isinstance(module, nn.RNNBase):
+            replacement, how = recurrent.factor_input(
+                module,
+                calls.get(module, recurrent.LayerUse()),
+                lambda weight: _factor(weight, config),
+            )
+            notes.append(f"{name}: {how}")
+        else:
+            replacement = _replacement(module, config)
         if replacement is None:
             continue
         parent_name, _, attr = name.rpartition(".")
@@ -126,16 +143,18 @@ def apply(config: LowRankConfig, candidate: Candidate, ctx: Context) -> Candidat
         factored.append(name)
     before = sum(p.numel() for p in float_model.parameters())
     after = sum(p.numel() for p in model.parameters())
-    notes = (
-        ()
-        if factored
-        else ("no layer was factorised: at this rank no factorisation saves parameters",)
-    )
+    if layers:
+        notes.append(
+            "recurrent matrices stay full-rank: a factorised recurrence is no longer an LSTM, GRU "
+            "or RNN operator that a runtime runs whole"
+        )
+    if not factored:
+        notes.append("no layer was factorised: at this rank no factorisation saves enough")
     facts = {"layers_factorised": factored, "params_before": before, "params_after": after}
     step = Step(
         config=config.to_dict(),
         seconds=round(time.perf_counter() - start, 3),
-        notes=notes,
+        notes=tuple(notes),
         facts=facts,
     )
     return candidate.with_step(step, model=model.eval())
@@ -157,6 +176,12 @@ TECHNIQUE = register(
         speeds_up="torch, onnxruntime",
         reduces="params",
         invalid={"rank_ratio": 0.0},
-        contract_kinds=("cnn", "mlp", "bert"),
+        contract_kinds=("cnn", "mlp", "bert", "lstm"),
+        search=Search(
+            role="structural",
+            order=40,
+            draw=lambda trial, _scope: space(trial),
+            applies=lambda scope: not scope.graph_only,
+        ),
     )
 )

@@ -4,13 +4,22 @@ Settings follow what was measured fast on these machines (AVX-512 VNNI, see DESI
 
 - ``int8-static``: QDQ graph, *unsigned* activations and signed (per-channel) weights, calibrated on
   the workload's calibration split. ORT's default signed activations left most of a ResNet-18's
-  convolutions unfused and slower than fp32; ``reduce_range`` only costs accuracy with VNNI.
-- ``int8-dynamic``: weights int8, activations quantized at run time, for MatMul/Gemm only (Linear
-  layers, transformers): dynamic convolutions become ConvInteger, about 3x *slower* than fp32.
+  convolutions unfused and slower than fp32. On a CPU without int8 dot products (AVX2 only: no
+  VNNI, no AMX) weights are 7-bit (``reduce_range``): there ONNX Runtime's u8 x s8 kernels add
+  pairs of products in int16 with saturation (``vpmaddubsw``), which cost the keywords DS-CNN
+  7.7 points (its 1-channel first convolution saturated); with VNNI ``reduce_range`` only costs
+  accuracy. A global average pool that the exporter wrote as ``ReduceMean`` is rewritten as
+  ``GlobalAveragePool``, which ONNX Runtime runs in int8 (``QLinearGlobalAveragePool``) instead
+  of in float between a DequantizeLinear and a QuantizeLinear.
+- ``int8-dynamic``: weights int8, activations quantized at run time, for MatMul/Gemm (Linear
+  layers, transformers) and LSTM (``DynamicQuantizeLSTM``), not convolutions: dynamic ones become
+  ConvInteger, about 3x *slower* than fp32. ``int8-static`` quantizes LSTMs the same dynamic way
+  (ONNX Runtime has no static int8 LSTM); GRUs and plain RNNs stay float on every runtime here,
+  and the step's notes say so (``recurrent.quantize_notes``).
 - ``fp16``: weights stored in half precision and cast back to fp32 on load: half the file, the
   same fp32 compute (no faster on CPU).
 
-torchao's PyTorch-native path (``pt2e_quantize``) works and is fast once compiled, but a candidate
+torchao's PyTorch-native path (``runtimes.torch_compile.pt2e_quantize``) works and is fast once compiled, but a candidate
 cannot yet carry, save and reload a compiled ``torch.export`` program, so it is a library function
 and not a mode: ``quantize:int8-pt2e`` is refused when the recipe is read, never after work.
 
@@ -19,39 +28,44 @@ The result is an ONNX graph, so quantize is the last step of a recipe.
 
 from __future__ import annotations
 
-import ast
 import contextlib
+import shutil
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
-from fulcrum.errors import ConfigError, DataError, TechniqueError, first_line, require
-from fulcrum.runtimes import as_inputs, exported_bytes, quiet, with_batch
+from fulcrum.errors import ConfigError, DataError, TechniqueError, first_line
+from fulcrum.runtimes import as_inputs, exported_bytes, quiet
 from fulcrum.techniques.base import (
     Candidate,
     Context,
+    Scope,
+    Search,
     Step,
     Technique,
     TechniqueConfig,
     Trial,
-    copy_model,
     find_modules,
     register,
 )
+from fulcrum.techniques.graph_rewrites import gather_int4, global_pools, weights_to_fp16
+from fulcrum.techniques.onnx_nodes import skipped_nodes, weight_nodes
+from fulcrum.techniques.recurrent import quantize_lstms, quantize_notes
 
 MODES = ("int8-static", "int8-dynamic", "fp16")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 EMBEDDINGS = ("int8", "int4", "float")
-# a 1-D float initializer this large is a weight (an embedding row, a norm scale), not a constant
-FP16_MIN_ELEMENTS = 1024
+# "fulcrum": the settings measured fast here; "ort": ONNX Runtime's own defaults, untouched
+PRESETS = ("fulcrum", "ort")
+# int8 dot products that accumulate in int32 (no int16 saturation of u8 x s8 pairs)
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class QuantizeConfig(TechniqueConfig):
     calib_batches: int = 8
     skip: tuple[str, ...] = ()
     embeddings: str = "int8"
+    preset: str = "fulcrum"
 
     def __post_init__(self) -> None:
         if isinstance(self.skip, list):  # from Python or TOML; a frozen config keeps a tuple
@@ -88,6 +103,11 @@ class QuantizeConfig(TechniqueConfig):
         self.check_choice("mode", MODES)
         self.check_choice("calibration", CALIBRATIONS)
         self.check_choice("embeddings", EMBEDDINGS)
+        self.check_choice("preset", PRESETS)
+        if self.preset == "ort" and self.mode == "fp16":
+            raise ConfigError(
+                "quantize:fp16 has no ONNX Runtime default to follow; use preset=fulcrum."
+            )
         self.check_range("calib_batches", 1, 10000)
         if not isinstance(self.calib_batches, int):
             raise ConfigError(
@@ -123,19 +143,19 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
             exported.write_bytes(
                 exported_bytes(candidate.require_float("quantize"), ctx.example_inputs)
             )
-        source = _preprocess(exported, folder / "prepared.onnx", notes)
-        graph = _load(source)
-        exclude = _skipped_nodes(graph, config.skip)
-        if config.mode == "fp16":
-            result = _weights_to_fp16(graph, exclude, notes)
+        if config.preset == "ort":  # what a user who calls ONNX Runtime's quantizer gets
+            graph = _load(exported)
+            result = _ort_defaults(config, exported, ctx, folder)
+            float_bytes = exported.stat().st_size
+            exclude: list[str] = []
         else:
-            result = _quantize_int8(config, graph, exclude, ctx, folder, notes, facts)
-        float_bytes = exported.stat().st_size + sum(
-            p.stat().st_size for p in folder.iterdir() if p.name.startswith("float.onnx.")
-        )
+            graph, result, exclude = _quantized(config, exported, ctx, folder, notes, facts)
+            float_bytes = exported.stat().st_size + sum(
+                p.stat().st_size for p in folder.iterdir() if p.name.startswith("float.onnx.")
+            )
     data = result.SerializeToString()
-    weighted = _weight_nodes(graph)
-    left = _weight_nodes(result)
+    weighted = weight_nodes(graph)
+    left = weight_nodes(result)
     if config.mode == "int8-dynamic":
         convs = sum(op in ("Conv", "ConvTranspose") for op in left.values())
         if convs:
@@ -149,6 +169,8 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
             "fp16 weights halve the artifact, but ONNX Runtime's CPU provider computes in fp32 "
             "(weights are cast back on load): not faster"
         )
+    if config.mode != "fp16":
+        notes += quantize_notes(result, config.mode)
     if exclude:
         notes.append(f"left in float as asked: {', '.join(config.skip)}")
     float_ops = dict(Counter(left.values()))
@@ -176,8 +198,57 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
     return candidate.with_step(step, onnx=data, runtime="onnxruntime")
 
 
-def space(trial: Trial) -> QuantizeConfig:
-    mode = trial.suggest_categorical("quantize.mode", ["int8-static", "int8-dynamic", "fp16"])
+def _quantized(
+    config: QuantizeConfig,
+    exported: Path,
+    ctx: Context,
+    folder: Path,
+    notes: list[str],
+    facts: dict[str, Any],
+) -> tuple[Any, Any, list[str]]:
+    """Fulcrum's quantization of the exported float graph: (the prepared float graph, the
+    quantized one, the nodes left in float as asked)."""
+    source = _preprocess(exported, folder / "prepared.onnx", notes)
+    graph = _load(source)
+    exclude = skipped_nodes(graph, config.skip)
+    if config.mode == "int8-static":
+        graph, pools = global_pools(graph, exclude)
+        if pools:
+            facts["global_pools"] = pools
+    if config.mode == "fp16":
+        return graph, weights_to_fp16(graph, exclude, notes), exclude
+    return graph, _quantize_int8(config, graph, exclude, ctx, folder, notes, facts), exclude
+
+
+def _ort_defaults(config: QuantizeConfig, exported: Path, ctx: Context, folder: Path) -> Any:
+    """ONNX Runtime's quantizers with their defaults, as a user who never heard of Fulcrum
+    calls them (and as ``tools/peers.py`` does): ``quant_pre_process`` then ``quantize_static``
+    (QDQ, signed 8-bit activations and weights, per-tensor, MinMax) on the calibration
+    batches, or ``quantize_dynamic`` on the raw export. A search measures them beside its own
+    candidates, so that its pick is never slower than what the runtime gives for free."""
+    from onnxruntime import quantization as q  # (heavy: loaded when quantizing)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    target = folder / "default.onnx"
+    if config.mode == "int8-dynamic":
+        q.quantize_dynamic(str(exported), str(target))
+        return _load(target)
+    prepared = folder / "default-prepared.onnx"
+    with contextlib.chdir(folder):  # (scratch files of a failed symbolic inference)
+        try:
+            quant_pre_process(str(exported), str(prepared))
+        except Exception:  # as a user would: quantize what was exported
+            shutil.copyfile(exported, prepared)
+    reader = _CalibrationReader(ctx.calib, _load(prepared), config.calib_batches)
+    q.quantize_static(str(prepared), str(target), reader)
+    return _load(target)
+
+
+def space(trial: Trial, modes: Sequence[str] = MODES) -> QuantizeConfig:
+    """Its ranges; ``modes`` narrows the modes drawn (a subset of ``MODES``, kept in its order,
+    so that the distribution of ``quantize.mode`` is the same for every trial of a study)."""
+    choices = [m for m in ("int8-static", "int8-dynamic", "fp16") if m in modes]
+    mode = trial.suggest_categorical("quantize.mode", choices)
     if mode == "fp16":
         return QuantizeConfig(mode=mode)
     calibration = (
@@ -196,55 +267,40 @@ def space(trial: Trial) -> QuantizeConfig:
     )
 
 
-def pt2e_quantize(
-    model: nn.Module,
-    example_inputs: Sequence[torch.Tensor],
-    calib_batches: Iterable[tuple[torch.Tensor, ...]],
-) -> nn.Module:
-    """Static int8 in PyTorch: torchao pt2e with the x86 Inductor quantizer, then ``torch.compile``.
-
-    ``calib_batches`` yields model inputs as tuples. Compilation happens on the first call of each
-    batch size (seconds; uncompiled, the int8 graph is slower than fp32). Each process has a
-    recompile limit: call ``torch._dynamo.reset()`` between many models.
-    """
-    inputs = with_batch(example_inputs, 2)  # with 1, torch.export fixes the batch axis to 1
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    with quiet():  # torchao logs the optional kernels it cannot load on import
-        require("torchao", "torchao")
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
-
-        exported = torch.export.export(
-            copy_model(model), inputs, dynamic_shapes=tuple({0: batch} for _ in inputs)
-        ).module()
-        quantizer = x86.X86InductorQuantizer()
-        quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
-        prepared = prepare_pt2e(exported, quantizer)
-        with torch.no_grad():
-            for batch_inputs in calib_batches:
-                prepared(*batch_inputs)
-        converted = convert_pt2e(prepared)
-    return _FrozenCompiled(converted)
+def draw(trial: Trial, scope: Scope) -> QuantizeConfig:
+    """The ranges of ``space`` over the modes the probe kept; static int8 with the first k of
+    the layers int8 hurts most (the sensitivity analysis's fallback) left in float, k drawn
+    from 0 to all of them."""
+    config = space(trial, MODES if scope.modes is None else scope.modes)
+    if config.mode != "int8-static" or not scope.fallback:
+        return config
+    count = trial.suggest_int("quantize.fallback", 0, len(scope.fallback))
+    return replace(config, skip=tuple(scope.fallback[:count])) if count else config
 
 
-class _FrozenCompiled(nn.Module):
-    """``torch.compile`` with Inductor's freezing, which turns the int8 graph into oneDNN kernels.
-
-    Freezing must be on whenever a call compiles (``options={"freezing": True}`` fails on the
-    int8 weight pre-packing), so every call sets it. ``dynamic=False``: with a symbolic batch,
-    the fused int8 convolution fails a stride check at run time (torch 2.13, torchao 0.18); each
-    batch size compiles once instead.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.compiled = torch.compile(module, dynamic=False)
-
-    def forward(self, *inputs: torch.Tensor) -> Any:
-        import torch._inductor.config
-
-        with torch._inductor.config.patch(freezing=True):
-            return self.compiled(*inputs)
+def warm(scope: Scope, kind: str) -> dict[str, Any] | None:
+    """Quantization's part in a warm start: for a transformer, dynamic int8 with per-channel
+    weights and 4-bit embedding tables (measured best on all-MiniLM-L6-v2), 8-bit ones for a
+    shallower student (whose 4-bit lookup cost a tenth to a fifth of its time); otherwise
+    static int8, with the layer int8 hurts most in float where the analysis found one. Where
+    the probe left that mode out, its fastest kept mode; None where it kept none."""
+    if scope.transformer:
+        embeddings = "int8" if kind == "student" else "int4"
+        params: dict[str, Any] = {
+            "quantize.mode": "int8-dynamic",
+            "quantize.per_channel": True,
+            "quantize.embeddings": embeddings,
+        }
+    else:
+        params = {
+            "quantize.mode": "int8-static",
+            "quantize.per_channel": True,
+            "quantize.calibration": "minmax",
+            **({"quantize.fallback": 1} if scope.fallback else {}),
+        }
+    if scope.modes is None or params["quantize.mode"] in scope.modes:
+        return params
+    return {"quantize.mode": scope.modes[0]} if scope.modes else None
 
 
 def _load(path: Path) -> Any:
@@ -392,9 +448,11 @@ def _quantize_int8(
         gemms = {n.name for n in graph.graph.node if n.op_type == "Gemm"}
         exclude = [*exclude, *(f"{name}_MatMul" for name in exclude if name in gemms)]
         if config.embeddings == "int4":
-            graph = _gather_int4(graph, exclude)
+            graph = gather_int4(graph, exclude)
             onnx.save(graph, str(source))
-        ops = ["MatMul", "Gemm", "Attention", *(["Gather"] if config.embeddings == "int8" else [])]
+        # with int4, the tables left as Gather (under INT4_MIN_ROWS rows) are stored in int8
+        ops = ["MatMul", "Gemm", "Attention", "LSTM"]
+        ops += ["Gather"] if config.embeddings != "float" else []
         q.quantize_dynamic(
             str(source),
             str(target),
@@ -416,6 +474,12 @@ def _quantize_int8(
     # one batch per collection (ONNX Runtime strides every method, despite the option's name):
     # bounds calibration memory, and histograms need it (see the reader)
     options: dict[str, Any] = {"CalibStridedMinMax": 1}
+    facts["reduce_range"] = not int8_dot_products()
+    if facts["reduce_range"]:
+        notes.append(
+            "7-bit weights (reduce_range): this CPU has no int8 dot products (VNNI/AMX), and ONNX "
+            "Runtime's 8-bit kernels saturate there; quantize on the deployment CPU"
+        )
     try:
         static(source, target, reader, method, options, config, exclude)
     except ValueError as exc:
@@ -441,7 +505,8 @@ def _quantize_int8(
             f"calibrated on all {reader.count} batch(es) of the calibration split "
             f"(calib_batches={config.calib_batches})"
         )
-    return _load(target)
+    lstms = folder / "int8-lstm.onnx"  # ONNX Runtime has no static int8 LSTM: a dynamic one
+    return _load(lstms if quantize_lstms(target, lstms, exclude, config.per_channel) else target)
 
 
 def static(
@@ -454,7 +519,7 @@ def static(
     exclude: list[str],
 ) -> None:
     """ONNX Runtime's static QDQ quantizer with the settings measured fast here (unsigned
-    activations, signed per-channel weights, no reduce_range)."""
+    activations, signed per-channel weights), 7-bit weights where the CPU lacks VNNI."""
     from onnxruntime import quantization as q
 
     q.quantize_static(
@@ -465,131 +530,24 @@ def static(
         activation_type=q.QuantType.QUInt8,
         weight_type=q.QuantType.QInt8,
         per_channel=config.per_channel,
-        reduce_range=False,
+        reduce_range=not int8_dot_products(),
         calibrate_method=method,
         nodes_to_exclude=exclude,
         extra_options=options,
     )
 
 
-def _gather_int4(graph: Any, exclude: Sequence[str]) -> Any:
-    """Embedding tables (Gather weights) in 4-bit blocks of 32 along the hidden axis."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    copied = onnx.ModelProto()
-    copied.CopyFrom(graph)  # the quantizer rewrites the model it is given
-    graph = copied
-    initializers = {t.name for t in graph.graph.initializer}
-    tables = [
-        n.name
-        for n in graph.graph.node
-        if n.op_type == "Gather" and n.input[0] in initializers and n.name not in exclude
-    ]
-    if not tables:
-        return graph
-    quantizer = MatMulNBitsQuantizer(
-        graph,
-        bits=4,
-        block_size=32,
-        is_symmetric=False,
-        accuracy_level=4,
-        op_types_to_quantize=("Gather",),
-        nodes_to_exclude=list(exclude),
-        quant_axes=(("Gather", 1),),
+def int8_dot_products() -> bool:
+    """Whether this CPU multiplies int8 with int32 accumulation (VNNI, AMX); True where unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
     )
-    quantizer.process()
-    return quantizer.model.model
-
-
-def _module_scopes(node: Any) -> list[str]:
-    """The qualified names of the PyTorch modules a node was exported from, outermost first."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":  # the dynamo exporter: [..., op name]
-            with contextlib.suppress(ValueError, SyntaxError):
-                return [str(s) for s in ast.literal_eval(prop.value)[:-1]]
-    return node.name.split("/")[1:-1]  # the TorchScript exporter: "/features/features.0/Conv"
-
-
-def _skipped_nodes(graph: Any, names: Sequence[str]) -> list[str]:
-    """ONNX node names that compute the PyTorch layers ``names``.
-
-    A node belongs to a layer when the layer is in its module scopes, or when it reads one of the
-    layer's parameters: a convolution fused with its batch norm carries the norm's scope but
-    keeps the convolution's weight name.
-    """
-    initializers = {t.name for t in graph.graph.initializer}
-    found: list[str] = []
-    for name in names:
-        prefix = name + "."
-        nodes = [
-            n.name
-            for n in graph.graph.node
-            if name in _module_scopes(n)
-            or n.name == name  # a node of an ONNX workload's own graph
-            or any(i in initializers and i.startswith(prefix) for i in n.input)
-        ]
-        if not nodes:
-            raise ConfigError(
-                f"quantize: skip layer {name!r} has no operation of its own in the exported graph "
-                "(it has no weights or was fused away); skip its Conv or Linear layer instead."
-            )
-        found.extend(n for n in nodes if n not in found)
-    return found
-
-
-def _weight_nodes(graph: Any) -> dict[str, str]:
-    """Nodes (name -> op type) that read a float32 weight (an initializer of 2 or more dims)."""
-    from onnx import TensorProto
-
-    weights = {
-        t.name
-        for t in graph.graph.initializer
-        if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2
-    }
-    return {n.name: n.op_type for n in graph.graph.node if any(i in weights for i in n.input)}
-
-
-def _weights_to_fp16(graph: Any, exclude: Sequence[str], notes: list[str]) -> Any:
-    """float32 weights stored as float16, each cast back to float32 in front of its users.
-
-    The graph's inputs, outputs and every op stay float32. Shape constants, small vectors, the
-    weights of skipped nodes and weights beyond float16's range are left as they are.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    result = onnx.ModelProto()
-    result.CopyFrom(graph)
-    keep = {i for n in result.graph.node if n.name in exclude for i in n.input}
-    keep |= {i.name for i in result.graph.input}
-    limit = float(np.finfo(np.float16).max)
-    casts, out_of_range = [], []
-    for init in result.graph.initializer:
-        elements = int(np.prod(init.dims))
-        if (
-            init.data_type != TensorProto.FLOAT
-            or init.name in keep
-            or (len(init.dims) < 2 and elements < FP16_MIN_ELEMENTS)
-        ):
-            continue
-        array = numpy_helper.to_array(init)
-        if array.size and float(np.abs(array).max()) > limit:
-            out_of_range.append(init.name)
-            continue
-        name = init.name
-        init.CopyFrom(numpy_helper.from_array(array.astype(np.float16), f"{name}__fp16"))
-        casts.append(
-            helper.make_node(
-                "Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__to_fp32"
-            )
-        )
-    if out_of_range:
-        notes.append(f"kept in fp32 (values beyond fp16's range): {', '.join(out_of_range)}")
-    nodes = [*casts, *result.graph.node]
-    del result.graph.node[:]
-    result.graph.node.extend(nodes)
-    return result
+    return any(f in flags for f in INT8_DOT_FLAGS)
 
 
 TECHNIQUE = register(
@@ -603,6 +561,15 @@ TECHNIQUE = register(
         reduces="artifact",
         invalid={"mode": "int4"},
         acts_on="onnx",
-        contract_kinds=("cnn", "mlp", "bert"),
+        contract_kinds=("cnn", "mlp", "bert", "lstm"),
+        search=Search(
+            role="quantization",
+            order=10,
+            draw=draw,
+            # on ONNX Runtime, where the probe kept a mode that makes this model faster
+            applies=lambda scope: scope.runtime == "onnxruntime" and scope.modes != (),
+            use=(True, False),
+            warm=warm,
+        ),
     )
 )

@@ -33,7 +33,8 @@ from fulcrum.techniques.base import (
 
 @dataclass(frozen=True)
 class SparsityConfig(TechniqueConfig):
-    """Zero the ``ratio`` smallest-magnitude weights of Linear and Conv layers (global or per layer)."""
+    """Zero the ``ratio`` smallest-magnitude weights of Linear, Conv and recurrent layers (global
+    or per layer)."""
 
     name: ClassVar[str] = "sparsify"
     primary: ClassVar[str | None] = "ratio"
@@ -54,6 +55,15 @@ def gzip_bytes(model: nn.Module) -> int:
     return len(gzip.compress(save(state), compresslevel=6))
 
 
+def _weights(module: nn.Module) -> list[torch.Tensor]:
+    """The weight matrices of a Linear, Conv or recurrent layer (its input and recurrent ones)."""
+    if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        return [module.weight]
+    if isinstance(module, nn.RNNBase):
+        return [p for name, p in module.named_parameters() if name.startswith("weight_")]
+    return []
+
+
 def apply(config: SparsityConfig, candidate: Candidate, ctx: Context) -> Candidate:
     float_model = candidate.require_float("sparsify")
     start = time.perf_counter()
@@ -62,14 +72,11 @@ def apply(config: SparsityConfig, candidate: Candidate, ctx: Context) -> Candida
     head = head_name(model)
     if head and not config.sparsify_head:
         skipped |= {id(m) for m in find_modules(model, [head])}
-    weights = [
-        m.weight
-        for m in model.modules()
-        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and id(m) not in skipped
-    ]
+    weights = [w for m in model.modules() if id(m) not in skipped for w in _weights(m)]
     if not weights:
         raise TechniqueError(
-            "sparsify found no Linear or Conv weights to sparsify outside the skipped layers."
+            "sparsify found no Linear, Conv or recurrent weights to sparsify outside the skipped "
+            "layers."
         )
     with torch.no_grad():
         if config.global_ranking:
@@ -117,6 +124,6 @@ TECHNIQUE = register(
         speeds_up="",
         reduces="nonzero",
         invalid={"ratio": -0.1},
-        contract_kinds=("cnn", "mlp", "bert"),
+        contract_kinds=("cnn", "mlp", "bert", "lstm"),
     )
 )

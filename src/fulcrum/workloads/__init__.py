@@ -22,6 +22,13 @@ MODULES = {
     "resnet18": "resnet18",
     "mobilenet": "mobilenet",
     "keywords": "keywords",
+    "detection": "detection",
+    # the Hello Edge families beside keywords' DS-CNN, one module for all (hello_edge.FAMILIES)
+    "keywords-dnn": "hello_edge",
+    "keywords-cnn": "hello_edge",
+    "keywords-lstm": "hello_edge",
+    "keywords-gru": "hello_edge",
+    "keywords-crnn": "hello_edge",
 }
 
 
@@ -31,7 +38,10 @@ def _module(name: str) -> ModuleType:
 
 def _builder(name: str) -> Callable[[], Workload]:
     def build() -> Workload:
-        workload: Workload = _module(name).build()
+        module = _module(name)
+        # a module of several built-ins builds the one named
+        named = name in getattr(module, "FAMILIES", {})
+        workload: Workload = module.build(name) if named else module.build()
         return workload
 
     return build
@@ -42,7 +52,8 @@ BUILTINS: dict[str, Callable[[], Workload]] = {name: _builder(name) for name in 
 
 def describe() -> dict[str, str]:
     """One line per built-in workload."""
-    return {name: str(_module(name).DESCRIPTION) for name in MODULES}
+    lines = {name: getattr(_module(name), "DESCRIPTIONS", {}).get(name) for name in MODULES}
+    return {name: str(line or _module(name).DESCRIPTION) for name, line in lines.items()}
 
 
 def load(

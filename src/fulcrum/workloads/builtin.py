@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fulcrum import train as train_module
-from fulcrum.train import fit
+from fulcrum.train import LossFn, TaskFunctions, fit
 from fulcrum.workloads.base import cache_dir, definition_key
 from fulcrum.workloads.checkpoint import load_into
 
@@ -64,13 +64,15 @@ def trained(
     seed: int = 0,
     shared: tuple[ModuleType, ...] = (),
     key: tuple[str, ...] = (),
+    loss: LossFn | None = None,
 ) -> tuple[nn.Module, Path]:
     """The baseline of a built-in: loaded from the cache, or trained deterministically and cached.
 
     The cache key hashes the defining module's source (model, data, recipe), the ``shared``
     modules it builds on (data and augmentation common to several built-ins), the training loop,
     the torch version and ``key``: whatever else made the data (say, the version of the program
-    that generated it), so changing any of them retrains it.
+    that generated it), so changing any of them retrains it. ``loss`` replaces the task's own
+    (a detector's depends on its output layout).
     """
     digest = definition_key(
         inspect.getsource(definition),
@@ -86,7 +88,8 @@ def trained(
     start = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = fit(build(), train, task, epochs=epochs, lr=lr, seed=seed)
+        functions = TaskFunctions(loss=loss) if loss is not None else None
+        model = fit(build(), train, task, epochs=epochs, lr=lr, seed=seed, functions=functions)
     path.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 

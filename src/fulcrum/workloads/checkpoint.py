@@ -3,32 +3,39 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from fulcrum.errors import CheckpointError
+from fulcrum.errors import CheckpointError, first_line
 
 
 def read_state(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor] | nn.Module:
     """The tensors in a checkpoint file (or a pickled module, only with ``allow_pickle``)."""
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is a folder; name the weights file in it (a .safetensors "
+            "or a torch.save state_dict)."
+        )
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not exist; check the path in the workload file."
         )
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as exc:
             raise CheckpointError(
-                f"checkpoint {str(path)!r} is not a valid safetensors file ({exc})."
+                f"checkpoint {str(path)!r} is not a valid safetensors file ({first_line(exc)})."
             ) from None
     try:
-        obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch explains its refusal at length: one line here
+            warnings.simplefilter("ignore")
+            obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         if not allow_pickle:
             raise CheckpointError(
@@ -38,7 +45,7 @@ def read_state(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Ten
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read by torch.load ({exc})."
+            f"checkpoint {str(path)!r} cannot be read by torch.load ({first_line(exc)})."
         ) from None
     if isinstance(obj, nn.Module):
         return obj

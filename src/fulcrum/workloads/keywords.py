@@ -33,7 +33,7 @@ import subprocess
 import sys
 import wave
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -277,7 +277,21 @@ class Augmented:
         return (log_mel(augment(audio, self.generator)) - self.mean) / self.std, labels
 
 
-def build() -> Workload:
+class Speech(NamedTuple):
+    """The workload's data, shared by its DS-CNN and the other Hello Edge families
+    (``hello_edge``): fixed noisy splits, a training loader of fresh draws, and what made them."""
+
+    train: DataLoader
+    val: DataLoader
+    calib: DataLoader
+    augmented: DataLoader  # the training clips, augmented anew every epoch
+    example: torch.Tensor  # one validation input, (1, 1, 49, 40)
+    info: dict[str, Any]
+    key: str  # a hash of what made the clips
+
+
+def speech() -> Speech:
+    """The speech features of every split (the clips synthesised on first use)."""
     mel_filter_bank()  # an absent librosa is reported before any synthesis
     data = clips()
     audio, labels = torch.from_numpy(data.audio), torch.from_numpy(data.labels)
@@ -298,38 +312,44 @@ def build() -> Workload:
         generator=torch.Generator().manual_seed(SEED),
         collate_fn=Augmented(mean=mean, std=std, seed=SEED),
     )
+    voices = {s.voice: s.validation for s in speakers()}
+    info = {
+        "words": list(WORDS),
+        "voices": {
+            "train": [v for v, held in voices.items() if not held],
+            "val": [v for v, held in voices.items() if held],
+        },
+        "clips": {"train": len(y_train), "val": len(y_val)},
+        "features": f"log-mel, {MELS} bands, {WINDOW / RATE * 1e3:.0f} ms windows every "
+        f"{HOP / RATE * 1e3:.0f} ms",
+        "normalisation": {"mean": mean, "std": std},
+    }
+    return Speech(train, val, calib, augmented, x_val[:1], info, data.key)
+
+
+def build() -> Workload:
+    data = speech()
     model, path = trained(
         "keywords",
         sys.modules[__name__],
         lambda: ds_cnn(num_classes=len(WORDS)),
-        augmented,
+        data.augmented,
         "multiclass",
         epochs=EPOCHS,
         lr=LR,
         seed=SEED,
         key=(data.key,),
     )
-    voices = {s.voice: s.validation for s in speakers()}
     return Workload(
         name="keywords",
         task="multiclass",
         model=model,
-        train=train,
-        val=val,
-        calib=calib,
-        example_inputs=(x_val[:1],),
+        train=data.train,
+        val=data.val,
+        calib=data.calib,
+        example_inputs=(data.example,),
         num_classes=len(WORDS),
         source=str(path),
         description=DESCRIPTION,
-        info={
-            "words": list(WORDS),
-            "voices": {
-                "train": [v for v, held in voices.items() if not held],
-                "val": [v for v, held in voices.items() if held],
-            },
-            "clips": {"train": len(y_train), "val": len(y_val)},
-            "features": f"log-mel, {MELS} bands, {WINDOW / RATE * 1e3:.0f} ms windows every "
-            f"{HOP / RATE * 1e3:.0f} ms",
-            "normalisation": {"mean": mean, "std": std},
-        },
+        info=data.info,
     )

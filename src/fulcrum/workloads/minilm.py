@@ -93,9 +93,9 @@ def build() -> Workload:
     from fulcrum.workloads import text
 
     folder = model_path()
-    transformers = text.transformers_module()
     tokenizer = text.load_tokenizer(folder, "minilm")
-    model = text.SentenceEncoder(text.encoder_without_pooler(transformers, folder)).eval()
+    with text.transformers_quietly() as transformers:
+        model = text.SentenceEncoder(text.encoder_without_pooler(transformers, folder)).eval()
     chosen = english_sentences()
     random.Random(SEED).shuffle(chosen)
     held = chosen[FIRST_TRAIN : FIRST_TRAIN + VAL + CALIB]  # where they were when train was 1,400

@@ -7,6 +7,7 @@ example inputs (what latency is timed on) are one sequence of ``example_length``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -91,9 +92,11 @@ class PadCollate:
         return tuple(tensors[n] for n in self.names), torch.stack([t for _, t in batch])
 
 
-def transformers_module() -> Any:
+@contextlib.contextmanager
+def transformers_quietly() -> Iterator[Any]:
     """``transformers``, imported without the warnings its optional backends log on import
-    (torchao's missing GPU kernels); the logging state is restored afterwards."""
+    (torchao's missing GPU kernels), with its own log lines and progress bars off while it is
+    used; its verbosity, its progress bars and the logging state are as they were after."""
     disabled = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
@@ -106,21 +109,30 @@ def transformers_module() -> Any:
         ) from None
     finally:
         logging.disable(disabled)
+    verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    return transformers
+    try:
+        yield transformers
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
 
 
 def load_tokenizer(path: Path, where: str) -> Any:
     """A tokenizer from a folder on disk (never from a hub)."""
-    transformers = transformers_module()
     if not path.exists():
         raise ConfigError(
             f"{where}: tokenizer folder {str(path)!r} does not exist; name the folder that holds "
             "tokenizer.json or vocab.txt (tokenizer = '...')."
         )
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        with transformers_quietly() as transformers:
+            return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except MissingDependencyError:
+        raise
     except Exception as exc:
         raise ConfigError(
             f"{where}: no tokenizer can be loaded from {str(path)!r} ({first_line(exc, 160)}); "
@@ -142,20 +154,22 @@ def encoder_without_pooler(transformers: Any, path: Path) -> nn.Module:
 def load_pretrained(path: Path, task: str, num_classes: int | None, where: str) -> nn.Module:
     """A ``transformers`` model from a folder: an encoder with mean pooling for ``embedding``,
     a sequence classifier for ``multiclass`` and ``binary``."""
-    transformers = transformers_module()
     if not (path / "config.json").is_file():
         raise ConfigError(
             f"{where}: {str(path)!r} is not a transformers model folder (no config.json); "
             "name the folder save_pretrained wrote."
         )
     try:
-        if task == "embedding":
-            return SentenceEncoder(encoder_without_pooler(transformers, path)).eval()
-        if task in ("multiclass", "binary"):
-            extra = {"num_labels": num_classes} if num_classes else {}
-            return transformers.AutoModelForSequenceClassification.from_pretrained(
-                str(path), local_files_only=True, **extra
-            ).eval()
+        with transformers_quietly() as transformers:
+            if task == "embedding":
+                return SentenceEncoder(encoder_without_pooler(transformers, path)).eval()
+            if task in ("multiclass", "binary"):
+                extra = {"num_labels": num_classes} if num_classes else {}
+                return transformers.AutoModelForSequenceClassification.from_pretrained(
+                    str(path), local_files_only=True, **extra
+                ).eval()
+    except MissingDependencyError:
+        raise
     except Exception as exc:
         raise ConfigError(
             f"{where}: the model in {str(path)!r} cannot be loaded ({first_line(exc, 160)})."

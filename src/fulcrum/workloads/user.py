@@ -2,7 +2,7 @@
 
 A TOML workload::
 
-    task = "multiclass"                    # multiclass | binary | regression | embedding
+    task = "multiclass"                    # multiclass | binary | regression | embedding | detection
     model = "mymodels:make_model"          # callable returning an nn.Module ([model_args] = kwargs)
     data = "mydata:splits"                 # callable returning {"val": ..., "train": ..., "calib": ...}
     checkpoint = "weights.safetensors"     # optional; relative to this file
@@ -16,6 +16,22 @@ arrays ``x_val``, ``y_val`` (and optionally ``x_train``, ``y_train``, ``x_calib`
 An ONNX model with several inputs takes one array per input, ``x_val_<input name>``; a ``data``
 callable gives ``((x1, x2), y)`` pairs, in the order ``inputs = ["x1", "x2"]`` names. Of several
 outputs, ``output = "probabilities"`` names the one judged (else the first float tensor).
+
+A detector (``task = "detection"``) also names its post-processing and, to be trained, its loss::
+
+    postprocess = "mydet:decode"           # fn(outputs, image_sizes) -> one dict per image
+    loss = "mydet:loss"                    # optional; fn(outputs, targets) -> scalar tensor
+    distill_loss = "mydet:distill"         # optional; fn(student_outputs, teacher_outputs)
+
+Its data gives images ``(N, C, H, W)`` and, per image, a target ``{"boxes": (K, 4), "labels":
+(K,)}`` (K may be 0) or ``(K, 5)`` rows ``[x1, y1, x2, y2, label]``: boxes in pixels of the model
+input, ``0 <= x1 < x2 <= W`` and ``0 <= y1 < y2 <= H``, labels in ``[0, num_classes)``. Batches
+carry them as one ``(batch, M, 5)`` tensor padded with label -1 rows (a DataLoader of the user's
+own must collate them so: ``fulcrum.workloads.base.detection_collate``). The network returns one
+raw tensor (a tuple: the first element is judged); ``postprocess`` gets it with the images'
+``(height, width)`` as a ``(batch, 2)`` tensor and returns, per image, ``{"boxes": (K, 4) x1 y1 x2
+y2 pixels, "scores": (K,), "labels": (K,)}``; scores rank detections for COCO mAP. ``loss`` may
+replace the training loss of any other task too.
 """
 
 from __future__ import annotations
@@ -33,7 +49,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from fulcrum.errors import ConfigError, DataError, OnnxError, ShapeError, first_line, suggest
+from fulcrum.errors import (
+    ConfigError,
+    DataError,
+    FulcrumError,
+    OnnxError,
+    ShapeError,
+    first_line,
+    from_user_code,
+    suggest,
+)
 from fulcrum.runtimes import OnnxModel, check_example_inputs
 from fulcrum.workloads.base import SPLITS, Workload, check_task, first_inputs, to_loader
 from fulcrum.workloads.checkpoint import load_into
@@ -54,6 +79,9 @@ KEYS = (
     "input_shape",
     "reference",
     "description",
+    "postprocess",
+    "loss",
+    "distill_loss",
     # text workloads
     "transformers",
     "tokenizer",
@@ -81,6 +109,8 @@ def resolve(ref: Any, key: str, where: Path) -> Callable[..., Any]:
             f"entry {key!r} in {where.name}: module {module_name!r} cannot be imported ({exc}); "
             f"put it beside {where.name} or on PYTHONPATH."
         ) from None
+    except Exception as exc:  # the module's own code raised while it was imported
+        raise from_user_code(exc, f"module {module_name!r} (entry {key!r})", []) from None
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
@@ -105,40 +135,10 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
         spec = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"workload file {str(path)!r} cannot be read as TOML ({exc}).") from None
-    unknown = [k for k in spec if k not in KEYS]
-    if unknown:
-        raise ConfigError(
-            f"{path.name}: unknown entry {unknown[0]!r}; valid entries: {', '.join(KEYS)}.{suggest(unknown[0], KEYS)}"
-        )
-    for required in ("task", "text" if "text" in spec or "transformers" in spec else "data"):
-        if required not in spec:
-            raise ConfigError(
-                f"{path.name} has no {required!r} entry; add e.g. {required} = {_EXAMPLES[required]}."
-            )
-    if sum(k in spec for k in ("model", "onnx", "transformers")) != 1:
-        raise ConfigError(
-            f"{path.name} must name exactly one of 'model' (a module:callable), 'onnx' (a file) "
-            "or 'transformers' (a model folder)."
-        )
+    _check_entries(spec, path)
     name = str(spec.get("name", path.stem))
     check_task(spec["task"], path.name)
-    strings: tuple[str, ...] = ("name", "model", "onnx", "data", "checkpoint", "metric")
-    strings += ("reference", "text", "description", "transformers", "tokenizer", "output")
-    kinds: dict[str, tuple[type, ...]] = {k: (str,) for k in strings}
-    kinds |= {"model_args": (dict,), "allow_pickle": (bool,), "input_shape": (list,)}
-    kinds["inputs"] = (list,)
-    for key, types in kinds.items():
-        if key in spec and not isinstance(spec[key], types):
-            expected = {str: "a string", dict: "a table", bool: "true or false", list: "a list"}
-            raise ConfigError(
-                f"{path.name}: {key} must be {expected[types[0]]}; got {spec[key]!r}."
-            )
-    for key in ("num_classes", "max_length", "example_length"):
-        value = spec.get(key)
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            raise ConfigError(f"{path.name}: {key} must be a positive whole number; got {value!r}.")
+    _check_kinds(spec, path)
     if "text" in spec:
         return _load_text(spec, path, name, allow_pickle)
     onnx_model = _onnx_model(spec, path) if "onnx" in spec else None
@@ -152,6 +152,7 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
         path,
         onnx_model.input_names if onnx_model else None,
         spec.get("inputs"),
+        spec["task"],
     )
     model: nn.Module | OnnxModel
     if onnx_model is not None:
@@ -170,8 +171,17 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
         example = first_inputs(splits["val"], "val")
     if isinstance(model, nn.Module):
         check_example_inputs(model, example, f"{path.name}")
-    reference = resolve(spec["reference"], "reference", path)() if "reference" in spec else None
-    metric = resolve(spec["metric"], "metric", path) if "metric" in spec else None
+    reference = (
+        call_user(resolve(spec["reference"], "reference", path), f"reference {spec['reference']!r}")
+        if "reference" in spec
+        else None
+    )
+    functions = {k: resolve(spec[k], k, path) for k in _FUNCTIONS if k in spec}
+    if spec["task"] == "detection" and "postprocess" not in functions:
+        raise ConfigError(
+            f"{path.name}: a detection workload needs postprocess = 'module:callable', which turns "
+            "the model's raw output into boxes, scores and labels per image."
+        )
     return Workload(
         name=name,
         task=spec["task"],
@@ -181,13 +191,67 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
         calib=splits.get("calib") or splits.get("train"),
         example_inputs=example,
         num_classes=spec.get("num_classes"),
-        metric=metric,
         reference=reference,
         source=str(path),
         description=str(spec.get("description", f"user workload from {path.name}")),
+        metric=functions.get("metric"),
+        postprocess=functions.get("postprocess"),
+        loss=functions.get("loss"),
+        distill_loss=functions.get("distill_loss"),
     )
 
 
+def _check_entries(spec: dict[str, Any], path: Path) -> None:
+    """The TOML file names known entries, the required ones, and one model."""
+    unknown = [k for k in spec if k not in KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{path.name}: unknown entry {unknown[0]!r}; valid entries: {', '.join(KEYS)}.{suggest(unknown[0], KEYS)}"
+        )
+    for required in ("task", "text" if "text" in spec or "transformers" in spec else "data"):
+        if required not in spec:
+            raise ConfigError(
+                f"{path.name} has no {required!r} entry; add e.g. {required} = {_EXAMPLES[required]}."
+            )
+    if sum(k in spec for k in ("model", "onnx", "transformers")) != 1:
+        raise ConfigError(
+            f"{path.name} must name exactly one of 'model' (a module:callable), 'onnx' (a file) "
+            "or 'transformers' (a model folder)."
+        )
+
+
+def _check_kinds(spec: dict[str, Any], path: Path) -> None:
+    """Each entry of the TOML file is of the kind it must be: a string, a table, a number..."""
+    strings: tuple[str, ...] = ("name", "model", "onnx", "data", "checkpoint", "metric")
+    strings += ("postprocess", "loss", "distill_loss")
+    strings += ("reference", "text", "description", "transformers", "tokenizer", "output")
+    kinds: dict[str, tuple[type, ...]] = {k: (str,) for k in strings}
+    kinds |= {"model_args": (dict,), "allow_pickle": (bool,), "input_shape": (list,)}
+    kinds["inputs"] = (list,)
+    for key, types in kinds.items():
+        if key in spec and not isinstance(spec[key], types):
+            expected = {str: "a string", dict: "a table", bool: "true or false", list: "a list"}
+            raise ConfigError(
+                f"{path.name}: {key} must be {expected[types[0]]}; got {spec[key]!r}."
+            )
+    for key in ("num_classes", "max_length", "example_length"):
+        value = spec.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ConfigError(f"{path.name}: {key} must be a positive whole number; got {value!r}.")
+    shape = spec.get("input_shape")
+    if shape is not None and not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+    ):
+        raise ConfigError(
+            f"{path.name}: input_shape must list positive whole numbers (one batch's shape, like "
+            f"[1, 1, 8, 8]); got {shape!r}."
+        )
+
+
+# entries naming a user's function, passed to the Workload under the same names
+_FUNCTIONS = ("metric", "postprocess", "loss", "distill_loss")
 _EXAMPLES = {"task": '"multiclass"', "data": '"mydata:splits"', "text": '"sentences.txt"'}
 
 
@@ -201,7 +265,7 @@ def _build_model(spec: dict[str, Any], path: Path, allow_pickle: bool) -> nn.Mod
             f"[model_args] in {path.name} do not fit {spec['model']!r} ({exc}); "
             "give only the arguments it takes."
         ) from None
-    built = factory(**arguments)
+    built = call_user(factory, f"model callable {spec['model']!r}", **arguments)
     if not isinstance(built, nn.Module):
         raise ConfigError(
             f"entry 'model' in {path.name}: {spec['model']!r} returned a {type(built).__name__}, not a torch.nn.Module."
@@ -220,28 +284,7 @@ def _load_text(spec: dict[str, Any], path: Path, name: str, allow_pickle: bool) 
     from fulcrum.workloads import text
 
     where, task = path.name, spec["task"]
-    if "onnx" in spec:
-        raise ConfigError(f"{where}: a text workload needs a PyTorch model; use 'transformers'.")
-    if "transformers" in spec:
-        model = text.load_pretrained(
-            path.parent / str(spec["transformers"]), task, spec.get("num_classes"), where
-        )
-    else:
-        model = _build_model(spec, path, allow_pickle)
-    folder = spec.get("tokenizer", spec.get("transformers"))
-    if folder is None:
-        raise ConfigError(
-            f"{where}: a text workload needs tokenizer = 'folder with tokenizer.json'."
-        )
-    tokenizer = text.load_tokenizer(path.parent / str(folder), where)
-    names = spec.get("inputs", list(text.TEXT_INPUTS[:2]))
-    unknown = [n for n in names if n not in text.TEXT_INPUTS]
-    if unknown or not names or names[0] != "input_ids":
-        raise ConfigError(
-            f"{where}: inputs {names} must start with 'input_ids' and use only "
-            f"{', '.join(text.TEXT_INPUTS)}.{suggest(str(unknown[0]), text.TEXT_INPUTS) if unknown else ''}"
-        )
-    text.check_input_names(model, names, where)
+    model, tokenizer, names = _text_model(spec, path, allow_pickle)
     positions = text.check_tokenizer(tokenizer, model, where)
     max_length = int(spec.get("max_length", positions))
     if not 2 <= max_length <= positions:
@@ -304,6 +347,38 @@ def _load_text(spec: dict[str, Any], path: Path, name: str, allow_pickle: bool) 
     )
 
 
+def _text_model(
+    spec: dict[str, Any], path: Path, allow_pickle: bool
+) -> tuple[nn.Module, Any, list[str]]:
+    """A text workload's model, its tokenizer and the names of its inputs, checked."""
+    from fulcrum.workloads import text
+
+    where = path.name
+    if "onnx" in spec:
+        raise ConfigError(f"{where}: a text workload needs a PyTorch model; use 'transformers'.")
+    if "transformers" in spec:
+        model = text.load_pretrained(
+            path.parent / str(spec["transformers"]), spec["task"], spec.get("num_classes"), where
+        )
+    else:
+        model = _build_model(spec, path, allow_pickle)
+    folder = spec.get("tokenizer", spec.get("transformers"))
+    if folder is None:
+        raise ConfigError(
+            f"{where}: a text workload needs tokenizer = 'folder with tokenizer.json'."
+        )
+    tokenizer = text.load_tokenizer(path.parent / str(folder), where)
+    names = spec.get("inputs", list(text.TEXT_INPUTS[:2]))
+    unknown = [n for n in names if n not in text.TEXT_INPUTS]
+    if unknown or not names or names[0] != "input_ids":
+        raise ConfigError(
+            f"{where}: inputs {names} must start with 'input_ids' and use only "
+            f"{', '.join(text.TEXT_INPUTS)}.{suggest(str(unknown[0]), text.TEXT_INPUTS) if unknown else ''}"
+        )
+    text.check_input_names(model, names, where)
+    return model, tokenizer, names
+
+
 def _onnx_model(spec: dict[str, Any], path: Path) -> OnnxModel:
     """The ONNX model a TOML file names, its judged output and input order checked."""
     model = OnnxModel(check_onnx(path.parent / spec["onnx"]), output=spec.get("output"))
@@ -331,6 +406,7 @@ def _load_data(
     where: Path,
     model_inputs: Sequence[str] | None = None,
     order: Sequence[str] | None = None,
+    task: str = "",
 ) -> dict[str, Any]:
     """The splits named by entry ``data``, as DataLoaders.
 
@@ -341,7 +417,7 @@ def _load_data(
     """
     several = model_inputs is not None and len(model_inputs) > 1
     if isinstance(ref, str) and ref.endswith(".npz"):
-        arrays = np.load(where.parent / ref)
+        arrays = read_npz(where.parent / ref, where)
         raw: Mapping[str, Any] = (
             _npz_several(arrays, ref, list(model_inputs or ()))
             if several
@@ -352,7 +428,7 @@ def _load_data(
             }
         )
     else:
-        raw = resolve(ref, "data", where)()
+        raw = call_user(resolve(ref, "data", where), f"data callable {ref!r}")
         if several and order is not None and isinstance(raw, Mapping):
             raw = {s: _in_model_order(v, order, model_inputs or ()) for s, v in raw.items()}
     unknown = [k for k in raw if k not in SPLITS] if isinstance(raw, Mapping) else []
@@ -368,8 +444,59 @@ def _load_data(
             f"{' with keys ' + str(sorted(raw)) if isinstance(raw, Mapping) else ''}."
         )
     return {
-        s: to_loader(raw[s], s, shuffle=(s == "train")) for s in SPLITS if raw.get(s) is not None
+        s: to_loader(raw[s], s, shuffle=(s == "train"), task=task)
+        for s in SPLITS
+        if raw.get(s) is not None
     }
+
+
+def call_user(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
+    """``fn`` (the user's own code) called; what it raises is the user's to fix (exit 2), said
+    in one line with the last line of their file it passed through, never a Fulcrum bug."""
+    try:
+        return fn(*args, **kwargs)
+    except FulcrumError:
+        raise
+    except Exception as exc:
+        files = [f for f in (inspect.getsourcefile(fn) if _has_source(fn) else None,) if f]
+        raise from_user_code(exc, what, files) from None
+
+
+def _has_source(fn: Any) -> bool:
+    try:
+        return inspect.getsourcefile(fn) is not None
+    except TypeError:  # a builtin or a C extension
+        return False
+
+
+def read_npz(path: Path, where: Path) -> Any:
+    """The arrays of a ``.npz`` file named by a TOML's ``data``: numbers only, never pickles."""
+    if not path.is_file():
+        raise DataError(
+            f"entry 'data' in {where.name}: {str(path)!r} does not exist; name a .npz file beside "
+            f"{where.name} (x_val, y_val, ...)."
+        )
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"PK":  # a .npz is a zip archive of .npy files
+            raise DataError(
+                f"entry 'data' in {where.name}: {path.name} is not a .npz file (not a zip "
+                "archive of arrays); save one with numpy.savez."
+            )
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        return {name: arrays[name] for name in arrays.files}
+    except ValueError as exc:
+        if "pickle" in str(exc) or "Object arrays" in str(exc):
+            raise DataError(
+                f"entry 'data' in {where.name}: {path.name} holds an object array, which would "
+                "need pickle to load; save numeric arrays (np.savez(path, x_val=..., y_val=...))."
+            ) from None
+        raise DataError(f"{path.name} cannot be read as .npz ({first_line(exc, 120)}).") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(
+            f"entry 'data' in {where.name}: {path.name} is not a .npz file ({first_line(exc, 120)}); "
+            "save one with numpy.savez."
+        ) from None
 
 
 def _npz_several(arrays: Any, ref: str, names: list[str]) -> dict[str, Any]:

@@ -1,0 +1,34 @@
+"""``fulcrum verify FOLDER``: check an export folder's files and score it again."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from fulcrum.cli.common import positive_int
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "verify",
+        help="check an export folder's checksums and re-evaluate it on the validation split",
+    )
+    parser.add_argument("folder", type=Path, help="a folder written by `fulcrum export`")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="intra-op threads while scoring"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fulcrum.export import verify  # (loads torch: `fulcrum --help` stays fast)
+
+    record, score = verify(args.folder, threads=args.threads)
+    print(f"{args.folder}: every file matches SHA256SUMS.json ({len(record.files)} files)")
+    if record.parity.metric is not None:
+        print(
+            f"{record.parity.metric.name} on the validation split: {score} "
+            f"(when exported: {record.parity.metric.exported})"
+        )
+    return 0
