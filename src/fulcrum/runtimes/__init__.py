@@ -29,9 +29,14 @@ from fulcrum.runtimes.base import (
 )
 from fulcrum.runtimes.onnx_export import export_onnx, exported_bytes
 from fulcrum.runtimes.onnxruntime import OnnxModel, OnnxRuntime, ort_session
+from fulcrum.runtimes.openvino import OpenVinoRuntime
 from fulcrum.runtimes.torch_eager import TorchRuntime, TorchSession
 
-RUNTIMES: dict[str, Runtime] = {"torch": TorchRuntime(), "onnxruntime": OnnxRuntime()}
+RUNTIMES: dict[str, Runtime] = {
+    "torch": TorchRuntime(),
+    "onnxruntime": OnnxRuntime(),
+    "openvino": OpenVinoRuntime(),
+}
 
 
 def known() -> tuple[str, ...]:

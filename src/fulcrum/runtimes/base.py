@@ -56,6 +56,8 @@ class Runtime(Protocol):
     name: str
     artifact: str  # the format of its deployable file: "onnx", "safetensors", ...
     tunes_threads: bool  # whether a session's thread count is its own (not the process's)
+    # the modes of Fulcrum's ONNX quantization it runs (None: every mode; (): none)
+    quantize_modes: tuple[str, ...] | None
 
     def unavailable(self) -> str | None:
         """Why this runtime cannot run here (a missing extra, say), or None."""

@@ -138,6 +138,7 @@ class OnnxRuntime:
     name = "onnxruntime"
     artifact = "onnx"
     tunes_threads = True
+    quantize_modes: tuple[str, ...] | None = None  # every mode: the quantizer is its own
 
     def unavailable(self) -> str | None:
         return None  # a core dependency

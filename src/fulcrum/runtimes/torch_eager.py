@@ -46,6 +46,7 @@ class TorchRuntime:
     name = "torch"
     artifact = "safetensors"
     tunes_threads = False
+    quantize_modes: tuple[str, ...] | None = ()  # its int8 is torch-compile's (pt2e), not ONNX's
 
     def unavailable(self) -> str | None:
         return None  # a core dependency

@@ -72,6 +72,9 @@ class SearchSettings:
                     f"{', '.join(known)}, a comma-separated list of them, or auto."
                     f"{suggest(target, known)}"
                 )
+            missing = runtimes.unavailable(target)
+            if missing is not None:
+                raise ConfigError(f"--runtime {target}: {missing}.")
         if self.sampler not in SAMPLERS:
             raise ConfigError(
                 f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}.{suggest(self.sampler, SAMPLERS)}"

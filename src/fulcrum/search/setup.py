@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from fulcrum import sensitivity
+from fulcrum import runtimes, sensitivity
 from fulcrum.artifacts import kind, upload
 from fulcrum.compression import compress, save_candidate
 from fulcrum.errors import FulcrumError, first_line
@@ -75,18 +75,25 @@ class Job:
     ) -> Scope:
         """What the techniques' search dimensions depend on on ``target`` (default: the
         primary), from what the set-up found."""
+        target = target or self.settings.primary
         probe = reference.probe if reference is not None else None
+        if target != self.settings.primary:
+            probe = None  # the probe times the modes on the primary target only
         kept = sorted((v.latency_ratio or 1.0, m) for m, v in (probe or {}).items() if v.kept)
+        modes = tuple(m for _, m in kept) if probe is not None else None
+        runs = runtimes.get(target).quantize_modes  # what the target runs of them
+        if runs is not None:
+            modes = tuple(m for m in (modes if modes is not None else runs) if m in runs)
         fallback = reference.fallback if reference is not None else None
         return Scope(
             task=self.workload.task,
-            runtime=target or self.settings.primary,
+            runtime=target,
             transformer=self.transformer,
             graph_only=self.graph_only,
             max_epochs=self.settings.max_epochs,
             allocate=allocate,
             fallback=tuple(f.layer for f in fallback or ()),
-            modes=tuple(m for _, m in kept) if probe is not None else None,
+            modes=modes,
         )
 
     def baseline(self, threads: int | None = None, target: str | None = None) -> Session:

@@ -566,8 +566,9 @@ TECHNIQUE = register(
             role="quantization",
             order=10,
             draw=draw,
-            # on ONNX Runtime, where the probe kept a mode that makes this model faster
-            applies=lambda scope: scope.runtime == "onnxruntime" and scope.modes != (),
+            # on a target that runs Fulcrum's ONNX quantization, where the probe kept a mode
+            # that makes this model faster
+            applies=lambda scope: scope.modes != (),
             use=(True, False),
             warm=warm,
         ),

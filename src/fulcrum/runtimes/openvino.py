@@ -1,0 +1,141 @@
+"""OpenVINO (CPU plugin): a deployment target beside ONNX Runtime.
+
+A candidate deploys as its ONNX graph (its float model exported, or its recipe's int8 QDQ graph,
+which OpenVINO executes in int8 on CPUs with int8 instructions), read by OpenVINO's ONNX
+frontend and compiled for the CPU with a latency hint, one stream and the session's own thread
+count. The artifact is the ``.onnx`` file, which OpenVINO reads as it is (``ov.Core().
+read_model``, or ``ovc model.onnx`` for its IR).
+
+Precision is OpenVINO's own default for the CPU: bf16 where the CPU computes in bf16 natively
+(AVX-512 BF16, AMX), f32 elsewhere. The session records which, and evaluation measures the
+model at that precision, so a bf16 loss shows in the metric.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fulcrum.errors import OnnxError, ShapeError, first_line
+from fulcrum.runtimes.onnx_export import exported_bytes
+
+if TYPE_CHECKING:
+    from fulcrum.techniques.base import Candidate
+
+EXTRA = "pip install 'fulcrum[openvino]'"
+
+
+@functools.cache
+def core() -> Any:
+    """One OpenVINO Core per process (creating one loads the plugins)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def precision() -> str:
+    """The precision OpenVINO's CPU plugin computes in here by default: ``bf16`` where the CPU
+    has native bf16, else ``f32``."""
+    capabilities = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in capabilities else "f32"
+
+
+class OpenVinoModel:
+    """An ONNX graph compiled by OpenVINO for the CPU, called like a PyTorch model."""
+
+    runtime = "openvino"
+
+    def __init__(self, onnx: bytes, threads: int, output: str | None = None) -> None:
+        import openvino.properties.hint as hints
+
+        self.onnx, self.threads, self.output = onnx, threads, output
+        try:
+            model = core().read_model(onnx)
+        except Exception as exc:
+            raise OnnxError(f"OpenVINO cannot read this graph: {first_line(exc, 300)}") from None
+        self.precision = precision()
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            hints.performance_mode: hints.PerformanceMode.LATENCY,
+            hints.inference_precision: self.precision,
+        }
+        try:
+            self.compiled = core().compile_model(model, "CPU", config)
+        except Exception as exc:
+            raise OnnxError(f"OpenVINO cannot compile this graph: {first_line(exc, 300)}") from None
+        self.request = self.compiled.create_infer_request()
+        self.inputs = len(self.compiled.inputs)
+        self.port = self._choose_output(output)
+
+    def _choose_output(self, output: str | None) -> int:
+        names = [set(o.get_names()) for o in self.compiled.outputs]
+        if output is None:
+            return 0
+        found = next((i for i, n in enumerate(names) if output in n), None)
+        if found is None:
+            listed = ", ".join(sorted(n for s in names for n in s))
+            raise OnnxError(f"the model has no output {output!r}; its outputs are {listed}.")
+        return found
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != self.inputs:
+            raise ShapeError(f"the model takes {self.inputs} inputs; got {len(inputs)}.")
+        feed = [np.ascontiguousarray(x.detach().cpu().numpy()) for x in inputs]
+        try:
+            self.request.infer(feed, share_inputs=True)
+        except Exception as exc:
+            shapes = ", ".join(str(list(x.shape)) for x in feed)
+            first = first_line(exc, 300)
+            raise ShapeError(f"OpenVINO cannot run on inputs {shapes}: {first}") from None
+        # the request's own buffer: the next call overwrites it
+        return torch.from_numpy(self.request.get_output_tensor(self.port).data.copy())
+
+    def with_threads(self, threads: int) -> OpenVinoModel:
+        """The same graph compiled again with ``threads`` (a compiled model's are fixed)."""
+        return OpenVinoModel(self.onnx, threads, self.output)
+
+    def artifact_bytes(self) -> int:
+        return len(self.onnx)
+
+    def eval(self) -> OpenVinoModel:
+        return self
+
+
+class OpenVinoRuntime:
+    """OpenVINO's CPU plugin; a session's thread count is its own."""
+
+    name = "openvino"
+    artifact = "onnx"
+    tunes_threads = True
+    # Fulcrum's ONNX quantization modes it runs natively: the static int8 QDQ graph (dynamic
+    # int8 and ONNX Runtime's fused operators are ONNX Runtime's own)
+    quantize_modes: tuple[str, ...] | None = ("int8-static",)
+
+    def unavailable(self) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return f"the openvino target needs OpenVINO: {EXTRA}"
+        return None
+
+    def deploy(
+        self,
+        candidate: Candidate,
+        example_inputs: Sequence[torch.Tensor],
+        *,
+        threads: int,
+        output: str | None = None,
+    ) -> OpenVinoModel:
+        if candidate.onnx is not None:
+            return OpenVinoModel(candidate.onnx, threads, output)
+        model = candidate.require_float("openvino")
+        return OpenVinoModel(exported_bytes(model, example_inputs), threads, output)
+
+    def load(self, folder: Path, *, threads: int, output: str | None = None) -> OpenVinoModel:
+        return OpenVinoModel((folder / "model.onnx").read_bytes(), threads, output)
