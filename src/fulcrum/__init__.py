@@ -19,8 +19,9 @@ from fulcrum.errors import FulcrumError
 if TYPE_CHECKING:
     from fulcrum.compression import compress
     from fulcrum.evaluation import evaluate
-    from fulcrum.export import load
+    from fulcrum.export import export, load
     from fulcrum.measure import Profile, profile
+    from fulcrum.measuring import deploy
     from fulcrum.metrics import Evaluation
     from fulcrum.search import search
     from fulcrum.search.settings import SearchSettings
@@ -40,6 +41,8 @@ _LAZY = {
     "search": ("fulcrum.search", "search"),
     "SearchSettings": ("fulcrum.search.settings", "SearchSettings"),
     "load": ("fulcrum.export", "load"),
+    "export": ("fulcrum.export", "export"),
+    "deploy": ("fulcrum.measuring", "deploy"),
 }
 
 __all__ = [
@@ -51,7 +54,9 @@ __all__ = [
     "Workload",
     "__version__",
     "compress",
+    "deploy",
     "evaluate",
+    "export",
     "load",
     "load_workload",
     "profile",

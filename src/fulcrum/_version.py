@@ -6,15 +6,15 @@ import functools
 import subprocess
 from pathlib import Path
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 @functools.cache
 def describe() -> str:
     """The version, with the commit when Fulcrum runs from a git checkout (PEP 440's local part).
 
-    ``0.2.0`` from an installed wheel; ``0.2.0+g1a2b3c4d`` from a clean checkout at that commit;
-    ``0.2.0+g1a2b3c4d.dirty`` when tracked files differ from it. Run records, ``fulcrum env``,
+    ``0.3.0`` from an installed wheel; ``0.3.0+g1a2b3c4d`` from a clean checkout at that commit;
+    ``0.3.0+g1a2b3c4d.dirty`` when tracked files differ from it. Run records, ``fulcrum env``,
     ``fulcrum --version`` and model cards carry it, so that a figure can be traced to its code.
     """
     root = Path(__file__).resolve().parents[2]  # src/fulcrum/_version.py -> the checkout

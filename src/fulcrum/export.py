@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -391,3 +393,15 @@ def load(path: Path | str, *, verify: bool = True) -> nn.Module:
         raise CheckpointError(
             f"{folder / 'model.safetensors'} cannot be loaded ({first}); export it again."
         ) from None
+
+
+class _Callable(types.ModuleType):
+    """``fulcrum.export(run_dir, ...)`` calls ``export()``: once this module is imported it
+    is the attribute ``fulcrum.export``, so the module carries the API's name (as
+    ``fulcrum.search`` does)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ExportRecord:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Callable

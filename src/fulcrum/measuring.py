@@ -67,10 +67,16 @@ def output_of(workload: Workload) -> str | None:
     return workload.model.chosen_output if isinstance(workload.model, OnnxModel) else None
 
 
-def deploy(workload: Workload, candidate: Candidate, runtime: str, threads: int) -> Session:
-    """``candidate`` as it runs on ``runtime`` with ``threads`` intra-op threads."""
+def deploy(
+    workload: Workload, candidate: Candidate, runtime: str, threads: int | None = None
+) -> Session:
+    """``candidate`` as it runs on ``runtime`` with ``threads`` intra-op threads (default:
+    every core this process may use)."""
     return runtimes.get(runtime).deploy(
-        candidate, workload.example_inputs, threads=threads, output=output_of(workload)
+        candidate,
+        workload.example_inputs,
+        threads=threads or runtimes.default_threads(),
+        output=output_of(workload),
     )
 
 

@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from fulcrum._version import __version__
+from fulcrum._version import describe
 from fulcrum.errors import ConfigError, FulcrumError, disk_full, first_line
 from fulcrum.frontier import Budget
 from fulcrum.search.settings import SearchSettings
@@ -255,7 +255,7 @@ class ExportRecord(Record):
     parity: Parity
     tolerance: dict[str, float]
     runtime: str
-    fulcrum: str = __version__
+    fulcrum: str = Field(default_factory=describe)
 
 
 class LayerRow(Record):
@@ -271,7 +271,7 @@ class Run(Record):
 
     format: Literal["fulcrum-run"] = FORMAT
     version: Literal[2] = VERSION
-    fulcrum: str = __version__  # the version (and commit, in a checkout) that wrote it
+    fulcrum: str = Field(default_factory=describe)  # the version (and commit, in a checkout)
     command: Literal["search", "compress"]
     workload: str
     task: str
@@ -407,7 +407,7 @@ class Owner(Record):
     workload: str
     fingerprint: str  # a digest of the settings that define the run
     settings: str  # the same settings, said in words, for the refusal's message
-    fulcrum: str = __version__
+    fulcrum: str = Field(default_factory=describe)
 
 
 OWNER = "run.json"

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from fulcrum._version import __version__
+from fulcrum._version import describe
 from fulcrum.errors import EXIT_BUG, FulcrumError, disk_full, first_line
 
 COMMANDS = (
@@ -42,14 +42,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="fulcrum", description="Find the sweet spot between a model's size and its efficiency."
     )
-    parser.add_argument("--version", action="version", version=f"fulcrum {__version__}")
+    parser.add_argument("--version", action="version", version=f"fulcrum {describe()}")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an unexpected error"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"fulcrum.cli.{name}").add_parser(sub)
+    for name, command in sub.choices.items():  # each command's help ends with its examples
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
     return parser
+
+
+EXAMPLES = {
+    "profile": [
+        "fulcrum profile digits",
+        "fulcrum profile model.onnx --input-shape 1,3,224,224 --batch-sizes 1,8",
+        "fulcrum profile my.toml --json profile.json",
+    ],
+    "evaluate": [
+        "fulcrum evaluate digits",
+        "fulcrum evaluate my.toml --json scores.json",
+    ],
+    "sensitivity": [
+        "fulcrum sensitivity digits",
+        "fulcrum sensitivity my.toml --no-quantize",
+    ],
+    "techniques": ["fulcrum techniques"],
+    "compress": [
+        'fulcrum compress digits --recipe "prune:0.5 > finetune:5 > quantize" --out runs/p50',
+        'fulcrum compress minilm --recipe "fuse > quantize:int8-dynamic,embeddings=int4"',
+        "fulcrum compress my.toml --recipe quantize:int8-static --batch-sizes 1",
+    ],
+    "search": [
+        "fulcrum search digits --trials 40 --max-drop 1 --out runs/digits",
+        "fulcrum search my.toml --runtime onnxruntime,openvino --policy knee",
+        "fulcrum search my.toml --storage postgresql://host/db --study mine  # on each machine",
+    ],
+    "report": ["fulcrum report runs/digits", "fulcrum report runs/p50"],
+    "export": [
+        "fulcrum export runs/digits",
+        "fulcrum export runs/digits --format safetensors --out shipped/",
+        "fulcrum export runs/digits --trial 12 --format pt2",
+    ],
+    "verify": ["fulcrum verify runs/digits/export/onnx", "fulcrum verify shipped/"],
+    "env": ["fulcrum env", "fulcrum env --json"],
+    "demo": ["fulcrum demo", "fulcrum demo --trials 10 --out runs/quick"],
+    "workloads": ["fulcrum workloads"],
+}
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -33,7 +33,13 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--seed", type=seed_value, default=0, help="seed of every random choice (default: 0)"
     )
-    parser.add_argument("--batch-sizes", type=int_list, default=[1, 32], metavar="B,B")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int_list,
+        default=[1, 32],
+        metavar="B,B",
+        help="batch sizes the candidate is timed at (default: 1,32)",
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per batch size")
     parser.set_defaults(run=run)
 

@@ -33,11 +33,11 @@ def cpu_flags() -> list[str]:
 
 
 def collect() -> dict[str, Any]:
-    from fulcrum._version import __version__
+    from fulcrum._version import describe
     from fulcrum.measure import environment
     from fulcrum.runtimes import default_threads
 
-    info: dict[str, Any] = {"fulcrum": __version__, "platform": platform.platform()}
+    info: dict[str, Any] = {"fulcrum": describe(), "platform": platform.platform()}
     info.update(environment(default_threads()))
     info["int8_instructions"] = cpu_flags()
     import onnxruntime

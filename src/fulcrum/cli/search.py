@@ -77,7 +77,9 @@ def add_parser(sub: Any) -> None:
         "--policy", default="tolerance", help="tolerance (default), knee or weighted"
     )
     parser.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")
-    parser.add_argument("--seed", type=seed_value, default=0)
+    parser.add_argument(
+        "--seed", type=seed_value, default=0, help="seed of the sampler and training (default: 0)"
+    )
     _add_scale_out_arguments(parser)
     _add_timing_arguments(parser)
     parser.set_defaults(run=run)
