@@ -460,3 +460,63 @@ def test_bad_direction_suggests_the_spelling():
 def test_other_bad_inputs_are_config_errors(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_the_pick_is_among_the_finalists_timed_again_even_on_a_long_front():
+    """A front longer than --finalists: the points within the budget, fastest first, are the
+    ones timed again, so the pick never rests on a single short trial timing (the fastest
+    point within budget is last on the front, which is sorted by metric)."""
+    from fulcrum.frontier import Budget
+    from fulcrum.measuring import Measurement
+    from fulcrum.runfolder import Figures, Reference, Trial
+    from fulcrum.search.settings import SearchSettings
+    from fulcrum.sweetspot import conclude
+
+    base = Figures(metric=0.9, latency_ms=1.0, size_bytes=100, macs=10, params=10)
+    settings = SearchSettings(finalists=2, max_drop=5.0)
+    reference = Reference(
+        baseline=base, budget=Budget("metric", 0.9, max_drop=5.0), workload="w", settings=settings
+    )
+    # metric falls as latency falls: every trial is on the front; 0-3 within 5 pt, 4-5 beyond
+    trials = [
+        Trial(
+            number=n,
+            state="COMPLETE",
+            recipe=f"r{n}",
+            metric=metric,
+            latency_ms=latency,
+            latency_ratio=1 / latency,
+            size_bytes=50,
+            macs=5,
+            params=5,
+            threads=1,
+        )
+        for n, (metric, latency) in enumerate(
+            [(0.99, 0.9), (0.97, 0.8), (0.95, 0.7), (0.90, 0.6), (0.80, 0.3), (0.70, 0.2)]
+        )
+    ]
+    timed: list[str] = []
+
+    def remeasure(points):
+        timed.extend(p.key for p in points)
+        return {
+            p.key: Measurement(
+                runtime="onnxruntime",
+                batch_size=1,
+                threads=1,
+                latency_ms=p.values["latency_ms"],
+                latency_ratio=1.0,
+                latencies=(),
+                size_bytes=50,
+                sizes={},
+                ratio_range=(0.9, 1.1),
+            )
+            for p in points
+        }
+
+    _, pick, _, _ = conclude(
+        trials, reference, settings, here={str(t.number) for t in trials}, remeasure=remeasure
+    )
+    assert timed == ["3", "2"]  # within the budget, fastest first; not the top of the front
+    assert pick.point is not None and pick.point.trial == "3"
+    assert pick.point.ratio_range == [0.9, 1.1]  # it was timed again

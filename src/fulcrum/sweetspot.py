@@ -58,7 +58,9 @@ def conclude(
     ]
     points += defaults
     front = frontier.pareto_front(points, objectives) if points else []
-    finalists = [p for p in front if p.key in here and p not in defaults][: settings.finalists]
+    finalists = _finalists(
+        [p for p in front if p.key in here and p not in defaults], reference, settings
+    )
     finalists += [d for d in defaults if d.key in here]
     if finalists:
         measured = remeasure(finalists)
@@ -103,6 +105,19 @@ def conclude(
                 closest=[record(p) for p in found.closest],
             )
     return [record(p) for p in front], pick, timed_again, per_target
+
+
+def _finalists(
+    front: list[frontier.Point], reference: Reference, settings: SearchSettings
+) -> list[frontier.Point]:
+    """The frontier points timed again: those within the budget first, cheapest first on the
+    cost the policy minimises (the pick is among them, so it is never chosen on a single short
+    trial timing), then the others by metric, ``settings.finalists`` in all."""
+    cost = next(o for o in settings.objectives if o != "metric")
+    within = [p for p in front if not any(reference.budget.violations(p).values())]
+    within.sort(key=lambda p: p.values[cost] * (1 if OBJECTIVES[cost] == "minimize" else -1))
+    rest = [p for p in front if p not in within]
+    return (within + rest)[: settings.finalists]
 
 
 def _data(p: Point) -> dict[str, Any]:
