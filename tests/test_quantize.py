@@ -316,3 +316,27 @@ def test_pt2e_int8_path_runs_close_to_float():
     with torch.no_grad():
         reference, approx = model(x), quantized(x)
     assert torch.nn.functional.cosine_similarity(reference, approx, dim=1).mean() > MIN_COSINE
+
+
+@pytest.mark.parametrize("mode", ["int8-static", "int8-dynamic"])
+def test_the_ort_presets_are_onnx_runtimes_defaults_per_tensor_or_per_channel(mode):
+    """`preset=ort` is what ONNX Runtime's quantizer gives with its defaults (one scale per
+    weight tensor); `preset=ort-per-channel` the same with per-channel weights (one scale per
+    output channel): the runtime defaults every search measures beside its own candidates."""
+    model = conv_net() if mode == "int8-static" else mlp()
+    shape = (3, 8, 8) if mode == "int8-static" else (32,)
+
+    def scale_sizes(preset: str) -> list[int]:
+        config = QuantizeConfig(mode=mode, preset=preset)
+        candidate = apply(config, Candidate(model=model), context(shape))
+        assert compare(model, candidate.onnx, shape)[1] > MIN_COSINE
+        graph = onnx.load_from_string(candidate.onnx).graph
+        return sorted(
+            max(1, int(t.dims[0]) if t.dims else 1)
+            for t in graph.initializer
+            if "scale" in t.name and any(w in t.name for w in ("weight", "W", "MatMul", "Gemm"))
+        )
+
+    per_tensor, per_channel = scale_sizes("ort"), scale_sizes("ort-per-channel")
+    assert per_tensor and set(per_tensor) == {1}
+    assert max(per_channel) > 1

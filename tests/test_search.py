@@ -871,7 +871,9 @@ def test_the_pick_is_a_runtime_default_when_it_is_faster_than_every_recipe(searc
     result = json.loads((out / "results.json").read_text())
     assert {d["trial"] for d in result["defaults"]} == {
         "ort-static-default",
+        "ort-static-per-channel",
         "ort-dynamic-default",
+        "ort-dynamic-per-channel",
         "onnxruntime-baseline",  # the model as it is: never a slower pick
     }
     assert result["pick"]["point"]["trial"] == "ort-static-default"

@@ -164,7 +164,9 @@ def measure_baselines(job: Job) -> dict[str, Figures]:
 RUNTIME_DEFAULTS = {
     "onnxruntime": {
         "ort-static-default": "quantize:preset=ort",
+        "ort-static-per-channel": "quantize:preset=ort-per-channel",
         "ort-dynamic-default": "quantize:int8-dynamic,preset=ort",
+        "ort-dynamic-per-channel": "quantize:int8-dynamic,preset=ort-per-channel",
     }
 }
 DEFAULTS = "defaults"  # their files, in the run folder

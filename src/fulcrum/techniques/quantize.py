@@ -62,8 +62,9 @@ from fulcrum.techniques.recurrent import quantize_lstms, quantize_notes
 MODES = ("int8-static", "int8-dynamic", "fp16")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 EMBEDDINGS = ("int8", "int4", "float")
-# "fulcrum": the settings measured fast here; "ort": ONNX Runtime's own defaults, untouched
-PRESETS = ("fulcrum", "ort")
+# "fulcrum": the settings measured fast here; "ort": ONNX Runtime's own defaults, untouched;
+# "ort-per-channel": those with per-channel weights, the one option users most often turn on
+PRESETS = ("fulcrum", "ort", "ort-per-channel")
 # int8 dot products that accumulate in int32 (no int16 saturation of u8 x s8 pairs)
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -104,7 +105,7 @@ class QuantizeConfig(TechniqueConfig):
         self.check_choice("calibration", CALIBRATIONS)
         self.check_choice("embeddings", EMBEDDINGS)
         self.check_choice("preset", PRESETS)
-        if self.preset == "ort" and self.mode == "fp16":
+        if self.preset != "fulcrum" and self.mode == "fp16":
             raise ConfigError(
                 "quantize:fp16 has no ONNX Runtime default to follow; use preset=fulcrum."
             )
@@ -143,7 +144,7 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
             exported.write_bytes(
                 exported_bytes(candidate.require_float("quantize"), ctx.example_inputs)
             )
-        if config.preset == "ort":  # what a user who calls ONNX Runtime's quantizer gets
+        if config.preset != "fulcrum":  # what a user who calls ONNX Runtime's quantizer gets
             graph = _load(exported)
             result = _ort_defaults(config, exported, ctx, folder)
             float_bytes = exported.stat().st_size
@@ -230,8 +231,9 @@ def _ort_defaults(config: QuantizeConfig, exported: Path, ctx: Context, folder: 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     target = folder / "default.onnx"
+    per_channel = config.preset == "ort-per-channel"
     if config.mode == "int8-dynamic":
-        q.quantize_dynamic(str(exported), str(target))
+        q.quantize_dynamic(str(exported), str(target), per_channel=per_channel)
         return _load(target)
     prepared = folder / "default-prepared.onnx"
     with contextlib.chdir(folder):  # (scratch files of a failed symbolic inference)
@@ -240,7 +242,7 @@ def _ort_defaults(config: QuantizeConfig, exported: Path, ctx: Context, folder: 
         except Exception:  # as a user would: quantize what was exported
             shutil.copyfile(exported, prepared)
     reader = _CalibrationReader(ctx.calib, _load(prepared), config.calib_batches)
-    q.quantize_static(str(prepared), str(target), reader)
+    q.quantize_static(str(prepared), str(target), reader, per_channel=per_channel)
     return _load(target)
 
 
