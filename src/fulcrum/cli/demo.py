@@ -51,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
         f"[bold]2/4 searching {args.trials} recipes[/bold] (within 1.0 pt of the baseline's accuracy)"
     )
     settings = SearchSettings(trials=args.trials, max_drop=1.0)
-    result = search(
-        workload, settings, out, spec="digits", progress=lambda m: console.print(f"[dim]{m}[/dim]")
-    )
+    from fulcrum.cli.progress import SearchProgress
+
+    with SearchProgress(console) as progress:  # a bar with an ETA on a terminal
+        result = search(workload, settings, out, spec="digits", progress=progress)
     render(result)
     console.print("[bold]3/4 writing the report[/bold]")
     paths = write_report(out)

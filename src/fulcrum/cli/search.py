@@ -142,10 +142,10 @@ def _add_timing_arguments(parser: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     # (the library loads torch and optuna: `fulcrum --help` stays fast without them)
     from rich.console import Console
-    from rich.markup import escape
 
     from fulcrum import workloads
     from fulcrum.artifacts import open_store
+    from fulcrum.cli.progress import SearchProgress
     from fulcrum.compression import timestamp
     from fulcrum.report import write_report
     from fulcrum.runfolder import claim
@@ -189,17 +189,18 @@ def run(args: argparse.Namespace) -> int:
     claim(out, "search", source_of(workload), {}, create=False)  # another run's: before work
     console = Console(stderr=True)
     try:
-        result = search(
-            workload,
-            settings,
-            out,
-            spec=args.workload,
-            storage=args.storage,
-            study_name=args.study,
-            threads=args.threads,
-            progress=lambda m: console.print(f"[dim]{escape(m)}[/dim]"),
-            artifacts=args.artifacts,
-        )
+        with SearchProgress(console) as progress:  # a bar with an ETA on a terminal
+            result = search(
+                workload,
+                settings,
+                out,
+                spec=args.workload,
+                storage=args.storage,
+                study_name=args.study,
+                threads=args.threads,
+                progress=progress,
+                artifacts=args.artifacts,
+            )
     except KeyboardInterrupt:  # the running trials were failed and queued again
         again = "the same command again" if args.out else f"the same command with --out {out}"
         print(f"fulcrum search: interrupted (run {again} to resume it)", file=sys.stderr)
