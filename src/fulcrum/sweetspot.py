@@ -32,9 +32,8 @@ def conclude(
     here: Collection[str],
     remeasure: Remeasure,
 ) -> tuple[list[Point], Pick, list[Point], dict[str, Pick]]:
-    """The frontier, the pick and the runtime's default quantizations (as timed again), among
-    ``trials`` and the defaults
-    (``reference.defaults``); ``here`` are the trials whose files this machine has (a study
+    """The frontier, the pick and the runtime defaults (as timed again), among ``trials`` and
+    ``reference.defaults``; ``here`` are the candidates whose files this machine has (a study
     shared by machines: each picks among those it can export). The defaults are always timed
     again with the finalists: the pick is never slower than a default within the budget."""
     objectives = [frontier.Objective(o, OBJECTIVES[o]) for o in settings.objectives]

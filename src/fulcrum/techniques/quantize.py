@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fulcrum.errors import ConfigError, DataError, TechniqueError, first_line
+from fulcrum.errors import ConfigError, DataError, FulcrumError, TechniqueError, first_line
 from fulcrum.runtimes import as_inputs, exported_bytes, quiet
 from fulcrum.techniques.base import (
     Candidate,
@@ -232,17 +232,25 @@ def _ort_defaults(config: QuantizeConfig, exported: Path, ctx: Context, folder: 
 
     target = folder / "default.onnx"
     per_channel = config.preset == "ort-per-channel"
-    if config.mode == "int8-dynamic":
-        q.quantize_dynamic(str(exported), str(target), per_channel=per_channel)
-        return _load(target)
-    prepared = folder / "default-prepared.onnx"
-    with contextlib.chdir(folder):  # (scratch files of a failed symbolic inference)
-        try:
-            quant_pre_process(str(exported), str(prepared))
-        except Exception:  # as a user would: quantize what was exported
-            shutil.copyfile(exported, prepared)
-    reader = _CalibrationReader(ctx.calib, _load(prepared), config.calib_batches)
-    q.quantize_static(str(prepared), str(target), reader, per_channel=per_channel)
+    try:
+        if config.mode == "int8-dynamic":
+            q.quantize_dynamic(str(exported), str(target), per_channel=per_channel)
+            return _load(target)
+        prepared = folder / "default-prepared.onnx"
+        with contextlib.chdir(folder):  # (scratch files of a failed symbolic inference)
+            try:
+                quant_pre_process(str(exported), str(prepared))
+            except Exception:  # as a user would: quantize what was exported
+                shutil.copyfile(exported, prepared)
+        reader = _CalibrationReader(ctx.calib, _load(prepared), config.calib_batches)
+        q.quantize_static(str(prepared), str(target), reader, per_channel=per_channel)
+    except FulcrumError:
+        raise
+    except Exception as exc:  # what the user would meet too: this default is not available
+        raise TechniqueError(
+            f"ONNX Runtime's quantizer with preset={config.preset} fails on this graph "
+            f"({first_line(exc, 200)}); use preset=fulcrum."
+        ) from None
     return _load(target)
 
 
