@@ -16,13 +16,16 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import torch
 from torch import nn
 
 from fulcrum.runtimes.base import dynamic_axes, input_names, with_batch
+
+if TYPE_CHECKING:
+    from fulcrum.techniques.base import Candidate
 
 # the float graphs exported last, by model object and the state of its tensors: a search exports
 # the baseline for the quantization probe, the sensitivity analysis and each quantization of it,
@@ -240,3 +243,11 @@ def _tidy(path: Path, axes: Sequence[dict[int, str]]) -> None:
     onnx.save(proto, str(path))  # weights inline (under 2 GB): the side file is stale now
     for name in external:
         (path.parent / name).unlink(missing_ok=True)
+
+
+def graph_of(candidate: Candidate, example_inputs: Sequence[torch.Tensor], runtime: str) -> bytes:
+    """The ONNX graph an ONNX-reading ``runtime`` deploys: the candidate's own (quantized,
+    fused, or an ONNX workload's) or its float model exported."""
+    if candidate.onnx is not None:
+        return candidate.onnx
+    return exported_bytes(candidate.require_float(runtime), example_inputs)

@@ -17,7 +17,7 @@ import torch
 
 from fulcrum.errors import OnnxError, ShapeError, first_line
 from fulcrum.runtimes.base import default_threads
-from fulcrum.runtimes.onnx_export import exported_bytes
+from fulcrum.runtimes.onnx_export import graph_of
 
 if TYPE_CHECKING:
     from fulcrum.techniques.base import Candidate
@@ -151,10 +151,7 @@ class OnnxRuntime:
         threads: int,
         output: str | None = None,
     ) -> OnnxModel:
-        if candidate.onnx is not None:  # quantized, fused, or an ONNX workload's own graph
-            return OnnxModel(candidate.onnx, threads, output)
-        model = candidate.require_float("onnxruntime")
-        return OnnxModel(exported_bytes(model, example_inputs), threads, output)
+        return OnnxModel(graph_of(candidate, example_inputs, self.name), threads, output)
 
     def load(self, folder: Path, *, threads: int, output: str | None = None) -> OnnxModel:
         return OnnxModel(folder / "model.onnx", threads, output)

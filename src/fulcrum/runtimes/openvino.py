@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fulcrum.errors import OnnxError, ShapeError, first_line
-from fulcrum.runtimes.onnx_export import exported_bytes
+from fulcrum.runtimes.onnx_export import graph_of
 
 if TYPE_CHECKING:
     from fulcrum.techniques.base import Candidate
@@ -132,10 +132,7 @@ class OpenVinoRuntime:
         threads: int,
         output: str | None = None,
     ) -> OpenVinoModel:
-        if candidate.onnx is not None:
-            return OpenVinoModel(candidate.onnx, threads, output)
-        model = candidate.require_float("openvino")
-        return OpenVinoModel(exported_bytes(model, example_inputs), threads, output)
+        return OpenVinoModel(graph_of(candidate, example_inputs, self.name), threads, output)
 
     def load(self, folder: Path, *, threads: int, output: str | None = None) -> OpenVinoModel:
         return OpenVinoModel((folder / "model.onnx").read_bytes(), threads, output)
