@@ -107,3 +107,23 @@ def test_demo_runs_end_to_end(capsys, tmp_path):
     assert (tmp_path / "demo" / "report.html").is_file() and (
         tmp_path / "demo" / "results.json"
     ).is_file()
+
+
+def test_json_dash_prints_the_result_alone_on_stdout(capsys, user_dir):
+    toml = str(user_dir / "workload.toml")
+    code, out, err = run(capsys, "evaluate", toml, "--json", "-")
+    assert code == 0 and json.loads(out)["evaluation"]["n_samples"] == 20
+    assert "confusion matrix" in err  # the human-readable output moved to stderr
+    code, out, _ = run(capsys, "env", "--json")  # no PATH: the same as -
+    assert code == 0 and json.loads(out)["fulcrum"]
+
+
+@pytest.mark.parametrize("loudness", [[], ["-q"], ["-v"]])
+def test_quiet_shows_only_results_and_verbose_every_step(capsys, user_dir, loudness):
+    toml = str(user_dir / "workload.toml")
+    argv = ["sensitivity", toml, "--no-quantize", "--samples", "20", *loudness]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "per-layer sensitivity" in out  # the results, always
+    assert ("pruning each of 1 layers alone" in err) == (loudness != ["-q"])  # what is done
+    # every step of short work only under -v
+    assert ("each layer pruned alone (layers): 1/1" in err) == (loudness == ["-v"])

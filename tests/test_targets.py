@@ -99,3 +99,22 @@ def test_a_target_not_installed_is_refused_naming_the_extra(search_dir, monkeypa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'fulcrum[openvino]'" in err
     assert not (search_dir / "o").exists()
+
+
+def test_an_openvino_export_is_ir_that_openvino_alone_loads_and_fulcrum_verifies(search_dir):
+    run_dir, export_dir = search_dir / "int8", search_dir / "int8" / "export" / "openvino"
+    argv = ["compress", str(search_dir / "fast.toml"), "--recipe", "quantize:int8-static"]
+    assert main([*argv, "--seconds", "0.05", "--out", str(run_dir), "-q"]) == 0
+    assert main(["export", str(run_dir), "--format", "openvino", "-q"]) == 0
+    record = json.loads((export_dir / "export.json").read_text())
+    assert {"model.xml", "model.bin"} <= set(record["files"]) and "IR" in record["contains"]
+    assert record["parity"]["metric"]["checked"] is True
+    import openvino
+
+    workload = load(str(search_dir / "fast.toml"))
+    x = workload.example_inputs[0]
+    compiled = openvino.Core().compile_model(str(export_dir / "model.xml"), "CPU")
+    ir_out = compiled([x.numpy()])[compiled.outputs[0]]
+    deployed = OnnxModel((run_dir / "model.onnx").read_bytes(), 1)(x)
+    assert np.allclose(ir_out, deployed.numpy(), atol=0.05 * float(deployed.abs().max()))
+    assert main(["verify", str(export_dir), "-q"]) == 0

@@ -36,12 +36,18 @@ from fulcrum.workloads import load as load_workload
 if TYPE_CHECKING:
     from fulcrum.workloads import Workload
 
-FORMATS = ("onnx", "safetensors", "pt2")
+FORMATS = ("onnx", "safetensors", "pt2", "hf", "openvino")
+# formats of the deployed graph (the others: the PyTorch model)
+GRAPHS = ("onnx", "hf", "openvino")
+# the graph output name in the hf layout, per task (what the Optimum classes read)
+HF_OUTPUTS = {"multiclass": "logits", "binary": "logits", "embedding": "sentence_embedding"}
 # what each format needs from the candidate's folder
 NEEDS = {
     "onnx": ("model.onnx",),
     "safetensors": ("model.safetensors", "model.json"),
     "pt2": ("model.safetensors", "model.json"),
+    "hf": ("model.onnx",),
+    "openvino": ("model.onnx",),
 }
 # float32 graphs agree to rounding; ONNX Runtime fuses and reorders, so allow a little more
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
@@ -207,7 +213,7 @@ def _build(run: Run, source: Path, fmt: str, folder: Path, recorded: float | Non
     graph = manifest.get("runtime") == "onnxruntime"  # the recipe made a graph (int8, fused)
     quantized = graph and any(s.get("type") == "quantize" for s in manifest.get("steps", []))
     parity = _parity(fmt, model, artifact, inputs, graph)
-    deployed_form = fmt == "onnx" or not graph  # the graph that runs, or the float model
+    deployed_form = fmt in GRAPHS or not graph  # the graph that runs, or the float model
     score = evaluate_workload(workload, artifact, threads=1).metrics.get(MAIN_METRIC[workload.task])
     parity.metric = MetricCheck(
         name=MAIN_METRIC[workload.task],
@@ -248,6 +254,10 @@ def _write(
     if fmt == "onnx":
         shutil.copyfile(source / "model.onnx", folder / "model.onnx")
         return OnnxModel(folder / "model.onnx", threads=1, output=output_of(workload))
+    if fmt == "hf":
+        return _write_hf(source, folder, workload)
+    if fmt == "openvino":
+        return _write_openvino(source, folder, workload)
     if fmt == "safetensors":
         for name in ("model.safetensors", "model.json"):
             shutil.copyfile(source / name, folder / name)
@@ -258,6 +268,54 @@ def _write(
     )
     torch.export.save(program, str(folder / "model.pt2"))
     return torch.export.load(str(folder / "model.pt2")).module()
+
+
+def _write_hf(source: Path, folder: Path, workload: Workload) -> OnnxModel:
+    """Hugging Face's layout of the deployed graph, loadable without Fulcrum: ``model.onnx``
+    (inputs named as the tokenizer's outputs; output ``logits`` for a classifier, as Optimum's
+    ``ORTModelForSequenceClassification`` reads it, ``sentence_embedding`` for an embedding
+    model, the mean-pooled vector, for ``ORTModelForCustomTasks`` or onnxruntime), the model's
+    ``config.json`` and the tokenizer."""
+    import onnx
+
+    from fulcrum.workloads.text import load_tokenizer
+
+    model_folder = workload.info.get("transformers_folder")
+    name = HF_OUTPUTS.get(workload.task)
+    if model_folder is None or name is None:
+        raise ConfigError(
+            f"--format hf writes a transformers model, and workload {workload.name!r} is not one "
+            "(a text workload from a model folder or --model); export it with --format onnx."
+        )
+    graph = onnx.load(str(source / "model.onnx"))
+    old = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+    graph.graph.output[0].name = name
+    onnx.save(graph, str(folder / "model.onnx"))
+    shutil.copyfile(Path(model_folder) / "config.json", folder / "config.json")
+    tokenizer = load_tokenizer(Path(workload.info["tokenizer_folder"]), "--format hf")
+    tokenizer.save_pretrained(str(folder))
+    return OnnxModel(folder / "model.onnx", threads=1, output=name)
+
+
+def _write_openvino(source: Path, folder: Path, workload: Workload) -> Any:
+    """The deployed graph as OpenVINO IR (``model.xml``, ``model.bin``; weights kept in f32),
+    compiled back from the folder as the openvino target runs it."""
+    from fulcrum.errors import MissingDependencyError
+    from fulcrum.runtimes import unavailable
+
+    missing = unavailable("openvino")
+    if missing is not None:
+        raise MissingDependencyError(f"--format openvino: {missing}.")
+    import openvino
+
+    from fulcrum.runtimes.openvino import OpenVinoModel, core
+
+    ir = folder / "model.xml"
+    model = core().read_model(str(source / "model.onnx"))
+    openvino.save_model(model, str(ir), compress_to_fp16=False)
+    return OpenVinoModel(ir, threads=1, output=output_of(workload))
 
 
 def _parity(
@@ -271,7 +329,9 @@ def _parity(
         exported = output_tensor(artifact(*inputs))
     vs_float = difference(float_out, exported)
     samples = len(inputs[0])
-    if graph and fmt == "onnx":  # int8 deviates by design: reported, not refused
+    # int8 deviates by design, and OpenVINO computes in bf16 where the CPU has it: reported,
+    # not refused (the metric re-check still guards the export)
+    if (graph and fmt in GRAPHS) or fmt == "openvino":
         return Parity(samples=samples, vs_float_max_abs=vs_float["max_abs"])
     limit = TOLERANCE["atol"] + TOLERANCE["rtol"] * float(float_out.abs().max())
     if vs_float["max_abs"] > limit:
@@ -284,12 +344,20 @@ def _parity(
 
 def _contents(fmt: str, quantized: bool) -> str:
     """What the artifact holds, said plainly: an int8 run's PyTorch formats hold its float model."""
-    if fmt == "onnx":
+    if fmt == "openvino":
         return (
+            "the deployed graph as OpenVINO IR (model.xml, model.bin; weights in f32), which "
+            "OpenVINO runs at its default precision for the CPU (bf16 where the CPU has it)"
+        )
+    if fmt in GRAPHS:
+        graph = (
             "the deployed graph (int8/fp16 as the recipe made it)"
             if quantized
             else "the float graph"
         )
+        if fmt == "hf":
+            graph += " as model.onnx, with config.json and the tokenizer (Hugging Face's layout)"
+        return graph
     kind = "weights (safetensors)" if fmt == "safetensors" else "program (torch.export)"
     if quantized:
         return (
@@ -341,6 +409,15 @@ def verify(folder: Path, threads: int | None = None) -> tuple[ExportRecord, floa
     workload = load_workload(record.workload)
     if record.format == "onnx":
         artifact: Any = OnnxModel(folder / "model.onnx", threads, output_of(workload))
+    elif record.format == "hf":
+        artifact = OnnxModel(folder / "model.onnx", threads, HF_OUTPUTS[workload.task])
+    elif record.format == "openvino":
+        from fulcrum.runtimes import default_threads
+        from fulcrum.runtimes.openvino import OpenVinoModel
+
+        artifact = OpenVinoModel(
+            folder / "model.xml", threads or default_threads(), output_of(workload)
+        )
     elif record.format == "safetensors":
         artifact = rebuild(workload.pytorch_model("verify"), folder)
     else:

@@ -36,6 +36,7 @@ from fulcrum.errors import ConfigError, FulcrumError, first_line
 from fulcrum.evaluation import evaluate_workload
 from fulcrum.measuring import deploy
 from fulcrum.metrics import MAIN_METRIC
+from fulcrum.progress import step as report_step
 from fulcrum.runtimes import default_threads, torch_threads
 from fulcrum.techniques import Candidate, get
 from fulcrum.techniques.quantize import QuantizeConfig
@@ -156,9 +157,11 @@ def analyse(
     if prune:
         costly = sorted(layers, key=lambda la: -la.macs)[: prune_layers or len(layers)]
         chosen = [la for la in layers if la in costly]
+        say(f"pruning each of {len(chosen)} layers alone")
         for i, layer in enumerate(chosen):
-            say(f"pruning {layer.name} alone ({i + 1}/{len(chosen)})")
+            report_step("sensitivity: each layer pruned alone (layers)", i, len(chosen))
             _prune_curve(workload, layer, ratios, total_macs, metric, threads)
+        report_step("sensitivity: each layer pruned alone (layers)", len(chosen), len(chosen))
     # the float graph, exported once (the export costs more than quantizing it): every int8
     # variant quantizes this graph, as quantize does after a graph step
     graph_bytes = (
@@ -167,7 +170,7 @@ def analyse(
     int8_metric = None
     if quantize:
         say("quantizing every layer to int8")
-        int8_metric = _int8_curve(small, graph_bytes, layers, metric, threads, say)
+        int8_metric = _int8_curve(small, graph_bytes, layers, metric, threads)
     other = None
     if latency:
         say("timing every node with ONNX Runtime's profiler")
@@ -255,7 +258,6 @@ def _int8_curve(
     layers: list[LayerSensitivity],
     metric: Callable[[Any], float],
     threads: int,
-    say: Callable[[str], None],
 ) -> float | None:
     """The metric of static int8 everywhere (returned), and with each layer alone left in
     float (``layer.float_metric``); None where int8-static does not apply."""
@@ -273,11 +275,14 @@ def _int8_curve(
         log.warning("sensitivity: int8-static does not apply (%s)", first_line(exc))
         return None
     for i, layer in enumerate(layers):
-        say(f"int8 with {layer.name} left in float ({i + 1}/{len(layers)})")
+        report_step("sensitivity: int8 with each layer left in float (layers)", i, len(layers))
         try:
             layer.float_metric = round(metric(int8((layer.name,))), 6)
         except FulcrumError as exc:
             log.info("sensitivity: int8 without %s: %s", layer.name, first_line(exc))
+    report_step(
+        "sensitivity: int8 with each layer left in float (layers)", len(layers), len(layers)
+    )
     return int8_metric
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from fulcrum import distributed
 from fulcrum.errors import ConfigError
+from fulcrum.progress import step as report_step
 from fulcrum.runtimes import as_inputs, keeps_caller_state, output_tensor
 from fulcrum.teacher import (
     TEACHER_MEMO_BYTES,
@@ -209,6 +210,7 @@ def fit(
     progress: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     functions: TaskFunctions | None = None,
+    steps: str | None = None,
 ) -> nn.Module:
     """Train a copy of ``model``; return the copy in eval mode (the input is left untouched).
 
@@ -220,7 +222,7 @@ def fit(
     ``patience``, training stops when the holdout metric has not improved for that many epochs,
     and the best epoch's weights are returned. ``on_epoch(epoch, holdout_metric)`` may raise to
     abandon training (a search cuts hopeless trials short this way). ``functions`` (default:
-    given by the workload) may replace the task's loss and soft loss (see TaskFunctions).
+    the workload's) may replace the task's losses; ``steps`` names it in ``fulcrum.progress``.
     """
     if epochs < 1:
         raise ConfigError(f"epochs must be at least 1; got {epochs}.")
@@ -249,10 +251,11 @@ def fit(
         unlabelled,
     )  # fmt: skip
     pairs = hidden.pairs if hidden is not None else ()
-    with layer_outputs(model, [s for s, _ in pairs]) as mine:
+    batches = _Counted(fit_loader, steps, epochs)
+    with layer_outputs(model, [s for s, _ in pairs]) as mine, batches:
         best = _epochs(
             loop,
-            fit_loader,
+            batches,
             mine,
             epochs,
             held,
@@ -270,9 +273,32 @@ def fit(
     return model.eval()
 
 
+class _Counted:
+    """A training loader whose batches are reported to ``fulcrum.progress`` under ``steps``
+    (over all ``epochs``); the report ends when the block does, early stopping or not."""
+
+    def __init__(self, loader: DataLoader, steps: str | None, epochs: int) -> None:
+        self.loader, self.steps = loader, steps
+        self.done, self.total = 0, epochs * len(loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            yield batch
+            self.done += 1
+            if self.steps is not None:
+                report_step(self.steps, self.done, self.total)
+
+    def __enter__(self) -> _Counted:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.steps is not None and self.done < self.total:
+            report_step(self.steps, self.total, self.total)
+
+
 def _epochs(
     loop: _Loop,
-    fit_loader: DataLoader,
+    fit_loader: Iterable[Any],
     mine: dict[int, torch.Tensor],
     epochs: int,
     held: DataLoader | None,

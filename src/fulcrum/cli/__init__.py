@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
+import os
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from fulcrum._version import describe
+from fulcrum.cli.common import JSON_STDOUT
 from fulcrum.errors import EXIT_BUG, FulcrumError, disk_full, first_line
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 COMMANDS = (
     "workloads",
@@ -52,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in sub.choices.items():  # each command's help ends with its examples
         command.formatter_class = argparse.RawDescriptionHelpFormatter
         command.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
+        loudness = command.add_mutually_exclusive_group()
+        loudness.add_argument(
+            "-q", "--quiet", action="store_true", help="show only warnings, errors and results"
+        )
+        loudness.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="show every step, and the libraries' own warnings",
+        )
     return parser
 
 
@@ -105,31 +122,40 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _configure_logging() -> None:
+def _configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Fulcrum's log lines on stderr (INFO; WARNING under -q, DEBUG under -v), the libraries'
+    own chatter hidden unless -v."""
     logger = logging.getLogger("fulcrum")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("fulcrum: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("torch", "torchao", "onnxscript", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; exit 0 done, 1 a finding (no candidate met the budget), 2 bad input
     (the user's own code failing included), 3 a bug in Fulcrum, 130 Ctrl-C."""
     _configure_logging()
-    for noisy in ("torch", "torchao", "onnxscript", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        if getattr(args, "config", None) is not None:
+            args = _with_config(parser, args, argv)
     except SystemExit as exc:  # --help, --version, or an argument error (printed already)
         return int(exc.code or 0)
+    except FulcrumError as exc:  # a bad run config
+        return _refused(args, exc)
+    _configure_logging(args.quiet, args.verbose)
     try:
         _join_torchrun(args.command)
-        return int(args.run(args))
+        return _run(args)
     except FulcrumError as exc:
         return _refused(args, exc)
     except KeyboardInterrupt:
@@ -150,6 +176,53 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BUG
+
+
+def _with_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """The command line again, with the run config's values as the defaults of its options
+    (so that an option given on the command line wins)."""
+    from fulcrum import runconfig
+
+    config = runconfig.read(args.config)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub.choices[args.command].set_defaults(**runconfig.as_defaults(config))
+    return parser.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command within its live display; under ``--json -`` its human-readable output goes
+    to stderr, and stdout holds the JSON alone (for a pipe)."""
+    from fulcrum.cli.progress import Display
+
+    with _stderr_console() as console:
+        args.display = Display(console, quiet=args.quiet)
+        if getattr(args, "json", None) != JSON_STDOUT:
+            with args.display:
+                return int(args.run(args))
+        args.json = sys.stdout
+        with args.display, contextlib.redirect_stdout(sys.stderr):
+            return int(args.run(args))
+
+
+@contextlib.contextmanager
+def _stderr_console() -> Iterator[Console]:
+    """The console of the bars: on a terminal, its own copy of stderr's descriptor, which ONNX
+    Runtime's quantizer cannot mute while it calibrates (``runtimes.quiet`` points descriptor
+    2 at /dev/null meanwhile); elsewhere stderr as it is at each write (tests swap it)."""
+    from rich.console import Console
+
+    try:
+        terminal = sys.stderr.isatty()
+        fd = os.dup(sys.stderr.fileno()) if terminal else None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        fd = None
+    if fd is None:
+        yield Console(stderr=True)
+        return
+    with os.fdopen(fd, "w", buffering=1) as stream:
+        yield Console(file=stream)
 
 
 # a message longer than this is cut (a 100,000-character recipe value, echoed back)

@@ -6,14 +6,47 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fulcrum.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fulcrum.workloads import Workload
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "workload", help="a built-in name (see `fulcrum workloads`), a .toml file or an .onnx file"
+        "workload",
+        nargs="?",
+        help="a built-in name (see `fulcrum workloads`), a .toml file or an .onnx file "
+        "(or --model instead)",
+    )
+    hub = parser.add_argument_group("a Hugging Face model instead of WORKLOAD")
+    hub.add_argument(
+        "--model",
+        metavar="PATH_OR_ID",
+        help="a transformers model folder, or a hub id already in the local Hugging Face cache",
+    )
+    hub.add_argument(
+        "--task",
+        choices=["feature-extraction", "text-classification"],
+        help="what the model does: sentence embeddings (judged against the model itself) or "
+        "text classification (judged on the labels)",
+    )
+    hub.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="the texts: .txt (one per line), .csv, .tsv, .jsonl, .json or .parquet; a quarter "
+        "validates, a tenth calibrates, the rest trains",
+    )
+    hub.add_argument(
+        "--text-column", default="text", help="the data's column of texts (default: text)"
+    )
+    hub.add_argument(
+        "--label-column",
+        default="label",
+        help="the data's column of class numbers or label names (default: label)",
     )
     parser.add_argument(
         "--allow-pickle",
@@ -33,8 +66,58 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="intra-op threads for every runtime (default: the cores available)",
     )
+    add_json_argument(parser)
+
+
+JSON_STDOUT = "-"
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    """``--json PATH`` writes the command's result as JSON to PATH; ``--json`` or ``--json -``
+    prints it to stdout, alone (the rest of the output goes to stderr)."""
     parser.add_argument(
-        "--json", type=Path, metavar="PATH", help="also write everything as JSON to PATH"
+        "--json",
+        nargs="?",
+        const=JSON_STDOUT,
+        type=lambda text: text if text == JSON_STDOUT else Path(text),
+        metavar="PATH|-",
+        help="write the result as JSON to PATH, or alone to stdout with - (or no PATH)",
+    )
+
+
+def load_workload(args: argparse.Namespace) -> Workload:
+    """The workload the command line names: WORKLOAD, or --model with --task and --data (which
+    become the TOML file a user would have written; ``args.workload`` is then its path)."""
+    from fulcrum import workloads
+    from fulcrum.workloads.hub import workload_file
+
+    if args.model is not None:
+        if args.workload is not None:
+            raise ConfigError(f"give a WORKLOAD ({args.workload!r}) or --model, not both.")
+        missing = [o for o, v in (("--task", args.task), ("--data", args.data)) if v is None]
+        if missing:
+            raise ConfigError(
+                f"--model needs {' and '.join(missing)}: --task feature-extraction or "
+                "text-classification, --data FILE of texts to judge it on."
+            )
+        args.workload = str(
+            workload_file(
+                args.model,
+                args.task,
+                args.data,
+                text_column=args.text_column,
+                label_column=args.label_column,
+            )
+        )
+    elif args.workload is None:
+        raise ConfigError(
+            "name a workload: a built-in (fulcrum workloads), a .toml or .onnx file, or "
+            "--model PATH_OR_ID --task TASK --data FILE."
+        )
+    elif args.task is not None or args.data is not None:
+        raise ConfigError("--task and --data go with --model; a WORKLOAD names its own.")
+    return workloads.load(
+        args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
     )
 
 
@@ -68,12 +151,15 @@ def shape(text: str) -> list[int]:
     return int_list(text.replace("x", ","))
 
 
-def check_writable(path: Path | None, option: str = "--json", folder: bool = False) -> None:
+def check_writable(
+    path: Path | TextIO | None, option: str = "--json", folder: bool = False
+) -> None:
     """Fail before any work is done if ``path`` (a file, or a ``folder``) cannot be written.
 
-    Nothing is created: a command refused later leaves no empty folder behind.
+    Nothing is created: a command refused later leaves no empty folder behind. A stream (what
+    ``--json -`` stands for) is writable.
     """
-    if path is None:
+    if not isinstance(path, Path):
         return
     kind = "folder" if folder else "file"
     if path.exists() and path.is_dir() != folder:
@@ -90,8 +176,13 @@ def check_writable(path: Path | None, option: str = "--json", folder: bool = Fal
         )
 
 
-def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+def write_json(path: Path | TextIO | None, payload: dict[str, Any]) -> None:
+    """The result as JSON to ``path`` (a file, or the stream ``--json -`` stands for)."""
     if path is None:
+        return
+    if not isinstance(path, Path):
+        path.write(json.dumps(payload, indent=2, default=str) + "\n")
+        path.flush()
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

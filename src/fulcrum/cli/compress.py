@@ -10,6 +10,7 @@ from fulcrum.cli.common import (
     add_workload_arguments,
     check_writable,
     int_list,
+    load_workload,
     seed_value,
     write_json,
 )
@@ -46,20 +47,15 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # (the library loads torch: `fulcrum --help` stays fast without it)
-    from rich.console import Console
-    from rich.markup import escape
 
-    from fulcrum import distributed, workloads
+    from fulcrum import distributed
     from fulcrum.compression import recipe_from, timestamp
     from fulcrum.report import write_report
     from fulcrum.runs import compress_run
 
-    console = Console(stderr=True)
     recipe = recipe_from(args.recipe)  # a bad recipe fails before anything is computed
     check_writable(args.json)
-    workload = workloads.load(
-        args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
-    )
+    workload = load_workload(args)
     peer = distributed.rank() > 0  # under torchrun, a process other than rank 0: trains only
     out = args.out or Path("runs") / f"{workload.name}-{timestamp()}"
     if not peer:
@@ -71,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         batch_sizes=args.batch_sizes,
         seconds=args.seconds,
-        progress=(lambda _m: None)
-        if peer
-        else (lambda m: console.print(f"[dim]{escape(m)}[/dim]")),
+        progress=(lambda _m: None) if peer else args.display.say,
         out=out,
     )
     if result is None:

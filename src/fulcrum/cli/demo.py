@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fulcrum.cli.common import positive_int
+from fulcrum.cli.common import add_json_argument, check_writable, positive_int, write_json
 
 
 def add_parser(sub: Any) -> None:
@@ -25,6 +25,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--trials", type=positive_int, default=30, help="search trials (default: 30)"
     )
+    add_json_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from fulcrum.search.run import search
     from fulcrum.search.settings import SearchSettings
 
+    check_writable(args.json)
     start = time.perf_counter()
     console = Console(stderr=True)
     out = args.out or Path("runs") / f"demo-{timestamp()}"
@@ -51,10 +53,8 @@ def run(args: argparse.Namespace) -> int:
         f"[bold]2/4 searching {args.trials} recipes[/bold] (within 1.0 pt of the baseline's accuracy)"
     )
     settings = SearchSettings(trials=args.trials, max_drop=1.0)
-    from fulcrum.cli.progress import SearchProgress
-
-    with SearchProgress(console) as progress:  # a bar with an ETA on a terminal
-        result = search(workload, settings, out, spec="digits", progress=progress)
+    # a bar with an ETA on a terminal
+    result = search(workload, settings, out, spec="digits", progress=args.display.search)
     render(result)
     console.print("[bold]3/4 writing the report[/bold]")
     paths = write_report(out)
@@ -71,5 +71,6 @@ def run(args: argparse.Namespace) -> int:
             f"{base.size_bytes / pick.size_bytes:.1f}x smaller, "
             f"{base.latency_ms / pick.latency_ms:.2f}x faster at batch 1 on onnxruntime"
         )
+    write_json(args.json, result.model_dump(mode="json"))
     print(f"demo finished in {time.perf_counter() - start:.0f} s; open {paths['report'].resolve()}")
     return 0 if pick is not None else 1

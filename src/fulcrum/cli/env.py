@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 from typing import Any
+
+from fulcrum.cli.common import add_json_argument, check_writable, write_json
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
@@ -15,7 +16,7 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "env", help="versions, CPU, threads and int8 instruction sets, for bug reports"
     )
-    parser.add_argument("--json", action="store_true", help="print as JSON")
+    add_json_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -51,9 +52,10 @@ def collect() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable(args.json)
     info = collect()
-    if args.json:
-        print(json.dumps(info, indent=2))
+    if args.json is not None:
+        write_json(args.json, info)
     else:
         width = max(map(len, info))
         for key, value in info.items():

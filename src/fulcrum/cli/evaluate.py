@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fulcrum.cli.common import add_workload_arguments, check_writable, write_json
+from fulcrum.cli.common import add_workload_arguments, check_writable, load_workload, write_json
 
 
 def add_parser(sub: Any) -> None:
@@ -23,13 +23,11 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fulcrum import metrics, workloads
+    from fulcrum import metrics
     from fulcrum.evaluation import evaluate_workload
 
     check_writable(args.json)
-    workload = workloads.load(
-        args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
-    )
+    workload = load_workload(args)
     result = evaluate_workload(workload, threshold=args.threshold, threads=args.threads)
     print(f"{workload.name}: {workload.task}, {result.n_samples} validation samples")
     metrics.render(result)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fulcrum.cli.common import positive_int
+from fulcrum.cli.common import add_json_argument, check_writable, positive_int, write_json
 
 if TYPE_CHECKING:
     from fulcrum.runfolder import ExportRecord
@@ -22,8 +22,10 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--format",
         default="onnx",
-        choices=["onnx", "safetensors", "pt2"],
-        help="onnx: the deployed graph (default); safetensors or pt2: the PyTorch model",
+        choices=["onnx", "safetensors", "pt2", "hf", "openvino"],
+        help="onnx: the deployed graph (default); hf: that graph in Hugging Face's layout with "
+        "config.json and the tokenizer (transformers models); openvino: that graph as OpenVINO "
+        "IR; safetensors or pt2: the PyTorch model",
     )
     parser.add_argument(
         "--trial", type=int, default=None, help="export this trial instead of the sweet spot"
@@ -43,12 +45,14 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--threads", type=positive_int, default=None, help="intra-op threads while checking"
     )
+    add_json_argument(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fulcrum.export import export  # (loads torch: `fulcrum --help` stays fast)
 
+    check_writable(args.json)
     record = export(
         args.run_dir,
         fmt=args.format,
@@ -61,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         f"exported {', '.join(record.files)} to {args.out or args.run_dir / 'export' / args.format}"
     )
     describe(record)
+    write_json(args.json, record.model_dump(mode="json"))
     return 0
 
 

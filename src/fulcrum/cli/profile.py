@@ -11,6 +11,7 @@ from fulcrum.cli.common import (
     human,
     human_bytes,
     int_list,
+    load_workload,
     write_json,
 )
 
@@ -41,12 +42,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fulcrum import measure, workloads
+    from fulcrum import measure
 
     check_writable(args.json)
-    workload = workloads.load(
-        args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
-    )
+    workload = load_workload(args)
     result = measure.profile(
         workload.model,
         workload.example_inputs,

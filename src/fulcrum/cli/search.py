@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fulcrum.cli.common import (
     add_workload_arguments,
     check_writable,
+    load_workload,
     positive_int,
     seed_value,
     write_json,
@@ -18,6 +19,8 @@ from fulcrum.errors import ConfigError
 
 if TYPE_CHECKING:
     from fulcrum.runfolder import Point, Run
+    from fulcrum.search.settings import SearchSettings
+    from fulcrum.workloads import Workload
 
 
 def budget(text: str) -> tuple[str, float]:
@@ -35,6 +38,13 @@ def add_parser(sub: Any) -> None:
         "search", help="search recipes for the Pareto frontier and the sweet spot"
     )
     add_workload_arguments(parser)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a run config (TOML) holding these options; those given here win. Every search "
+        "writes its own to RUN/config.toml, which runs it again",
+    )
     parser.add_argument(
         "--trials", type=positive_int, default=40, help="finished trials to reach (default: 40)"
     )
@@ -141,11 +151,8 @@ def _add_timing_arguments(parser: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # (the library loads torch and optuna: `fulcrum --help` stays fast without them)
-    from rich.console import Console
 
-    from fulcrum import workloads
     from fulcrum.artifacts import open_store
-    from fulcrum.cli.progress import SearchProgress
     from fulcrum.compression import timestamp
     from fulcrum.report import write_report
     from fulcrum.runfolder import claim
@@ -181,36 +188,61 @@ def run(args: argparse.Namespace) -> int:
         check_storage_url(args.storage)
     if args.artifacts:
         open_store(args.artifacts)  # writable, before any work
-    workload = workloads.load(
-        args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
-    )
+    workload = load_workload(args)
     out = args.out or Path("runs") / f"{workload.name}-search-{timestamp()}"
     check_writable(out, "--out", folder=True)
     claim(out, "search", source_of(workload), {}, create=False)  # another run's: before work
-    console = Console(stderr=True)
     try:
-        with SearchProgress(console) as progress:  # a bar with an ETA on a terminal
-            result = search(
-                workload,
-                settings,
-                out,
-                spec=args.workload,
-                storage=args.storage,
-                study_name=args.study,
-                threads=args.threads,
-                progress=progress,
-                artifacts=args.artifacts,
-            )
+        result = search(
+            workload,
+            settings,
+            out,
+            spec=args.workload,
+            storage=args.storage,
+            study_name=args.study,
+            threads=args.threads,
+            progress=args.display.search,  # a bar with an ETA on a terminal
+            artifacts=args.artifacts,
+        )
     except KeyboardInterrupt:  # the running trials were failed and queued again
         again = "the same command again" if args.out else f"the same command with --out {out}"
         print(f"fulcrum search: interrupted (run {again} to resume it)", file=sys.stderr)
         return 130
+    write_back(args, workload, settings, out)
     render(result)
     paths = write_report(out)
     write_json(args.json, result.model_dump(mode="json"))
     print(f"report: {paths['report']}")
     print(f"\nwrote {out}/results.json" + (f" and {out}/sweetspot/" if result.pick.point else ""))
     return 0 if result.pick.point else 1
+
+
+def write_back(
+    args: argparse.Namespace, workload: Workload, settings: SearchSettings, out: Path
+) -> None:
+    """RUN/config.toml: this search as a run config (`fulcrum search --config` runs it again)."""
+    from fulcrum import runconfig
+    from fulcrum.workloads import source_of
+
+    named = args.model is not None  # --model: the names, not the file they became
+    local = named and Path(args.model).is_dir()
+    config = runconfig.RunConfig(
+        workload=None if named else source_of(workload),
+        model=str(Path(args.model).resolve()) if local else args.model,
+        task=args.task,
+        data=str(args.data.resolve()) if args.data else None,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        allow_pickle=args.allow_pickle,
+        input_shape=args.input_shape,
+        threads=args.threads,
+        out=str(out.resolve()),
+        storage=args.storage,
+        study=args.study,
+        artifacts=args.artifacts,
+        search=settings,
+    )
+    runconfig.write(out / "config.toml", config)
 
 
 def render(result: Run) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fulcrum.cli.common import add_workload_arguments, check_writable, write_json
+from fulcrum.cli.common import add_workload_arguments, check_writable, load_workload, write_json
 
 
 def ratio_list(text: str) -> list[float]:
@@ -45,18 +45,14 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
-    from fulcrum import sensitivity, workloads
+    from fulcrum import sensitivity
     from fulcrum.errors import ConfigError
 
     check_writable(args.json)
     if args.samples < 1:
         raise ConfigError(f"--samples must be at least 1; got {args.samples}.")
-    workload = workloads.load(
-        args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
-    )
-    console = Console(stderr=True)
+    workload = load_workload(args)
     result = sensitivity.analyse(
         workload,
         ratios=args.ratios,
@@ -64,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         prune=not args.no_prune,
         quantize=not args.no_quantize,
         threads=args.threads,
-        progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+        progress=args.display.say,
     )
     render(result)
     write_json(args.json, {"workload": workload.name, "sensitivity": result.to_dict()})

@@ -6,17 +6,32 @@ import argparse
 import dataclasses
 from typing import Any
 
+from fulcrum.cli.common import add_json_argument, check_writable, write_json
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "techniques", help="list the compression techniques and their parameters"
     )
+    add_json_argument(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fulcrum.techniques import TECHNIQUES
 
+    check_writable(args.json)
+    if args.json is not None:
+        listed = {
+            name: {
+                "summary": t.summary,
+                "speeds_up": t.speeds_up,
+                "parameters": {f.name: _default(f) for f in dataclasses.fields(t.config)},
+            }
+            for name, t in sorted(TECHNIQUES.items())
+        }
+        write_json(args.json, {"techniques": listed})
+        return 0
     for name, technique in sorted(TECHNIQUES.items()):
         faster = (
             f"faster on {technique.speeds_up}" if technique.speeds_up else "not faster by itself"

@@ -50,12 +50,13 @@ class OpenVinoModel:
 
     runtime = "openvino"
 
-    def __init__(self, onnx: bytes, threads: int, output: str | None = None) -> None:
+    def __init__(self, onnx: bytes | Path, threads: int, output: str | None = None) -> None:
+        """``onnx``: a graph's bytes, or the path of an ONNX file or of OpenVINO IR (.xml)."""
         import openvino.properties.hint as hints
 
         self.onnx, self.threads, self.output = onnx, threads, output
         try:
-            model = core().read_model(onnx)
+            model = core().read_model(str(onnx) if isinstance(onnx, Path) else onnx)
         except Exception as exc:
             raise OnnxError(f"OpenVINO cannot read this graph: {first_line(exc, 300)}") from None
         self.precision = precision()
@@ -101,6 +102,8 @@ class OpenVinoModel:
         return OpenVinoModel(self.onnx, threads, self.output)
 
     def artifact_bytes(self) -> int:
+        if isinstance(self.onnx, Path):  # IR: the .xml and its .bin
+            return sum(p.stat().st_size for p in (self.onnx, self.onnx.with_suffix(".bin")))
         return len(self.onnx)
 
     def eval(self) -> OpenVinoModel:

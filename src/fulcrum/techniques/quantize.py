@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from fulcrum.errors import ConfigError, DataError, FulcrumError, TechniqueError, first_line
+from fulcrum.progress import step as report_step
 from fulcrum.runtimes import as_inputs, exported_bytes, quiet
 from fulcrum.techniques.base import (
     Candidate,
@@ -436,6 +437,7 @@ class _CalibrationReader:
         if self.start >= min(self.end, len(feeds)):
             return None
         self.start += 1
+        report_step("calibrating int8 (batches)", self.start, len(feeds))
         return feeds[self.start - 1]
 
 

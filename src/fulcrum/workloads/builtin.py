@@ -89,7 +89,16 @@ def trained(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         functions = TaskFunctions(loss=loss) if loss is not None else None
-        model = fit(build(), train, task, epochs=epochs, lr=lr, seed=seed, functions=functions)
+        model = fit(
+            build(),
+            train,
+            task,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            functions=functions,
+            steps=f"training the {name} baseline (batches)",
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fulcrum.errors import ConfigError, DataError, MissingDependencyError, first_line
+from fulcrum.errors import ConfigError, DataError, MissingDependencyError, first_line, suggest
 
 log = logging.getLogger(__name__)
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -271,35 +271,110 @@ def loader(
 Texts = tuple[list[str], torch.Tensor]
 
 
-def read_text_file(path: Path, task: str, where: str) -> list[str] | Texts:
-    """Texts from a file: ``.txt`` one per line; ``.csv`` / ``.tsv`` with ``text`` and ``label``."""
-    import csv
+TEXT_FILES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
+
+def label_ids(model: nn.Module) -> dict[str, int]:
+    """The class names a ``transformers`` model knows (its config's ``label2id``)."""
+    return dict(getattr(model_config(model), "label2id", None) or {})
+
+
+def folders(spec: Mapping[str, Any], base: Path) -> dict[str, str | None]:
+    """A text workload's model and tokenizer folders, in full (what ``--format hf`` copies)."""
+    model, tokenizer = spec.get("transformers"), spec.get("tokenizer", spec.get("transformers"))
+    return {
+        "transformers_folder": str((base / str(model)).resolve()) if model else None,
+        "tokenizer_folder": str((base / str(tokenizer)).resolve()) if tokenizer else None,
+    }
+
+
+def read_text_file(
+    path: Path,
+    task: str,
+    where: str,
+    spec: Mapping[str, Any] | None = None,
+    label_ids: dict[str, int] | None = None,
+) -> list[str] | Texts:
+    """Texts from a file: ``.txt`` one per line; ``.csv``, ``.tsv``, ``.jsonl`` (a record a line),
+    ``.json`` (a list of records) or ``.parquet`` with the column the workload ``spec`` names
+    ``text_column`` (default ``text``) and, except for embeddings, its ``label_column``
+    (default ``label``) of class numbers or of the names in ``label_ids``."""
+    text_column = str((spec or {}).get("text_column", "text"))
+    label_column = str((spec or {}).get("label_column", "label"))
     if not path.is_file():
         raise ConfigError(f"{where}: text file {str(path)!r} does not exist; check the path.")
     if path.suffix == ".txt":
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         return [line for line in lines if line]
-    if path.suffix not in (".csv", ".tsv"):
+    if path.suffix not in TEXT_FILES:
         raise ConfigError(
-            f"{where}: text file {path.name!r} must be .txt (one text per line) or .csv / .tsv "
-            "(columns text and label)."
+            f"{where}: text file {path.name!r} must be one of {', '.join(TEXT_FILES)} (.txt: one "
+            "text per line; the others: named columns)."
         )
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
-    columns = list(rows[0]) if rows else []
-    if "text" not in columns or (task != "embedding" and "label" not in columns):
-        raise ConfigError(
-            f"{where}: {path.name} needs a header with columns 'text' and 'label'; it has {columns}."
-        )
-    texts = [row["text"] for row in rows]
+    rows = _records(path, where)
+    columns = list(dict.fromkeys(k for row in rows[:100] for k in row))
+    needed = [text_column] + ([label_column] if task != "embedding" else [])
+    for column in needed:
+        if column not in columns:
+            option = "--text-column" if column == text_column else "--label-column"
+            raise ConfigError(
+                f"{where}: {path.name} has no column {column!r}; it has {columns} (choose with "
+                f"{option}).{suggest(column, columns)}"
+            )
+    texts = [str(row.get(text_column, "")) for row in rows]
     if task == "embedding":
         return texts
+    return texts, _labels([row.get(label_column) for row in rows], path.name, where, label_ids)
+
+
+def _records(path: Path, where: str) -> list[dict[str, Any]]:
+    """The rows of a table file, as dictionaries."""
+    import csv
+    import json
+
     try:
-        labels = torch.tensor([int(row["label"]) for row in rows])
-    except ValueError:
-        raise DataError(f"{where}: the 'label' column of {path.name} must hold integers.") from None
-    return texts, labels
+        if path.suffix in (".csv", ".tsv"):
+            with path.open(encoding="utf-8", newline="") as handle:
+                delimiter = "\t" if path.suffix == ".tsv" else ","
+                return list(csv.DictReader(handle, delimiter=delimiter))
+        if path.suffix == ".jsonl":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return [json.loads(line) for line in lines if line.strip()]
+        if path.suffix == ".json":
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ConfigError(f"{where}: {path.name} must hold a list of records.")
+            return rows
+        try:
+            import pyarrow.parquet as parquet
+        except ImportError:
+            raise MissingDependencyError(
+                f"{where}: reading {path.name} needs pyarrow; install it with pip install pyarrow, "
+                "or give the texts as .csv or .jsonl."
+            ) from None
+        rows = parquet.read_table(str(path)).to_pylist()
+        return rows
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{where}: {path.name} cannot be read ({first_line(exc, 160)}).") from None
+
+
+def _labels(
+    values: list[Any], name: str, where: str, label_ids: dict[str, int] | None
+) -> torch.Tensor:
+    """Class numbers from numbers, or from the names the model's ``label2id`` knows."""
+    ids = []
+    for value in values:
+        if isinstance(value, str) and label_ids and value in label_ids:
+            ids.append(label_ids[value])
+            continue
+        try:
+            ids.append(int(value))
+        except (TypeError, ValueError):
+            known = f" or one of the model's labels {sorted(label_ids)}" if label_ids else ""
+            raise DataError(
+                f"{where}: the label {value!r} in {name} is not a class number{known}."
+            ) from None
+    return torch.tensor(ids)
 
 
 def text_splits(raw: Any, task: str, where: str, seed: int = 0) -> dict[str, Texts]:

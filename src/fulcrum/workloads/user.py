@@ -90,6 +90,8 @@ KEYS = (
     "example_length",
     "inputs",
     "output",
+    "text_column",
+    "label_column",
 )
 
 
@@ -225,6 +227,7 @@ def _check_kinds(spec: dict[str, Any], path: Path) -> None:
     strings: tuple[str, ...] = ("name", "model", "onnx", "data", "checkpoint", "metric")
     strings += ("postprocess", "loss", "distill_loss")
     strings += ("reference", "text", "description", "transformers", "tokenizer", "output")
+    strings += ("text_column", "label_column")
     kinds: dict[str, tuple[type, ...]] = {k: (str,) for k in strings}
     kinds |= {"model_args": (dict,), "allow_pickle": (bool,), "input_shape": (list,)}
     kinds["inputs"] = (list,)
@@ -294,8 +297,8 @@ def _load_text(spec: dict[str, Any], path: Path, name: str, allow_pickle: bool) 
         )
     source = spec["text"]
     raw = (
-        text.read_text_file(path.parent / source, task, where)
-        if isinstance(source, str) and source.endswith((".txt", ".csv", ".tsv"))
+        text.read_text_file(path.parent / source, task, where, spec, text.label_ids(model))
+        if isinstance(source, str) and source.endswith(text.TEXT_FILES)
         else resolve(source, "text", path)()
     )
     texts = text.text_splits(raw, task, where)
@@ -339,6 +342,7 @@ def _load_text(spec: dict[str, Any], path: Path, name: str, allow_pickle: bool) 
         source=str(path),
         description=str(spec.get("description", f"text workload from {path.name}")),
         info={
+            **text.folders(spec, path.parent),
             "max_length": max_length,
             "median_length": text.median_length(splits["val"]),
             "truncated": truncated,
