@@ -1,5 +1,5 @@
 """Does `fulcrum export --format hf` load in Optimum? A tiny BERT saved to a folder and a CSV of
-sentences are compressed by the command line (`--model FOLDER --task feature-extraction --data
+sentences (and a tiny ViT with a folder of images by class) are compressed by the command line (`--model FOLDER --task feature-extraction --data
 sentences.csv`), exported with `--format hf`, and loaded by Optimum's ONNX Runtime classes in an
 environment of their own: optimum-onnx 0.1 requires transformers<4.58 and Fulcrum's environment
 has transformers 5, so Optimum cannot be a test dependency. The embeddings Optimum returns are
@@ -29,7 +29,7 @@ from fulcrum.cli import main
 from fulcrum.workloads.text import transformers_quietly
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_text import make_text_workload  # (the tests' tiny BERT)
+from test_text import make_text_workload  # (the tests' tiny BERT; test_hub: its tiny ViT)
 
 OPTIMUM = """
 import json, sys
@@ -46,6 +46,50 @@ print(json.dumps({
     "embedding": out["sentence_embedding"].tolist(),
 }))
 """
+
+OPTIMUM_IMAGES = """
+import json, sys
+import numpy as np, onnxruntime, optimum.onnxruntime as ort, transformers
+from PIL import Image
+folder, paths = sys.argv[1], json.loads(sys.stdin.read())
+processor = transformers.AutoImageProcessor.from_pretrained(folder)
+model = ort.ORTModelForImageClassification.from_pretrained(folder)
+batch = processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")
+logits = model(**batch).logits.numpy()
+plain = onnxruntime.InferenceSession(folder + "/model.onnx").run(
+    ["logits"], {"pixel_values": batch["pixel_values"].numpy()})[0]
+print(json.dumps({"class": type(model).__name__, "max_abs_vs_onnxruntime":
+    float(np.abs(logits - plain).max()), "labels": logits.argmax(1).tolist()}))
+"""
+
+
+def images_case(python: str, folder: Path, recipe: str) -> dict[str, object]:
+    """The tests' tiny ViT compressed from the command line, exported as hf, and run by
+    Optimum's ORTModelForImageClassification against onnxruntime on the same graph."""
+    from test_hub import _vit_folder
+
+    _vit_folder(folder)
+    argv = ["--model", str(folder / "vit"), "--task", "image-classification"]
+    argv += ["--data", str(folder / "images")]
+    run = folder / "run"
+    assert main(["compress", *argv, "--recipe", recipe, "--out", str(run), "-q"]) == 0
+    assert main(["export", str(run), "--format", "hf", "-q"]) == 0
+    paths = sorted(str(p) for p in (folder / "images").rglob("*.png"))
+    done = subprocess.run(
+        [python, "-c", OPTIMUM_IMAGES, str(run / "export" / "hf")],
+        input=json.dumps(paths),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    loaded = json.loads(done.stdout)
+    return {
+        "task": "image-classification",
+        "optimum_class": loaded["class"],
+        "images": len(paths),
+        "max_abs_logits_optimum_vs_onnxruntime": loaded["max_abs_vs_onnxruntime"],
+    }
 
 
 def main_(argv: list[str] | None = None) -> int:
@@ -112,13 +156,18 @@ def main_(argv: list[str] | None = None) -> int:
         "cosine_min_optimum_vs_original": round(float(cosine.min()), 6),
         "run_recorded_cosine_mean": recorded["cosine_mean"],
         "within_0.01_of_recorded": abs(float(cosine.mean()) - recorded["cosine_mean"]) <= 0.01,
+        "image_classification": images_case(
+            args.optimum_python, Path(tempfile.mkdtemp()), args.recipe
+        ),
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "optimum-load.json").write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["within_0.01_of_recorded"] else 1
+    image = result["image_classification"]
+    ok = image["max_abs_logits_optimum_vs_onnxruntime"] <= 1e-5
+    return 0 if result["within_0.01_of_recorded"] and ok else 1
 
 
 if __name__ == "__main__":

@@ -148,3 +148,52 @@ def test_bad_names_are_one_line_and_exit_2(capsys, bert, monkeypatch, argv, need
     assert needle in err
     if "text-classification" in argv:
         assert "BertModel" in err
+
+
+def _vit_folder(folder: Path) -> Path:
+    """A tiny ViT classifier (cat, dog) with its image processor, and 24 images by class."""
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, num_labels=2,
+        id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with transformers_quietly():
+        transformers.ViTForImageClassification(config).save_pretrained(str(folder / "vit"))
+        transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(
+            str(folder / "vit")
+        )
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for label, (red, blue) in (("dog", (200, 30)), ("cat", (30, 200))):
+        (folder / "images" / label).mkdir(parents=True)
+        for i in range(12):
+            noise = torch.randint(0, 40, (40, 48, 3), generator=rng)
+            pixels = (noise + torch.tensor([red, 90, blue])).clamp(0, 255).to(torch.uint8)
+            Image.fromarray(pixels.numpy()).save(folder / "images" / label / f"{i}.png")
+    return folder
+
+
+def test_image_classification_from_a_folder_of_images_by_class(capsys, tmp_path):
+    folder = _vit_folder(tmp_path)
+    argv = ["--model", str(folder / "vit"), "--task", "image-classification"]
+    argv += ["--data", str(folder / "images")]
+    code, out, err = run(capsys, "evaluate", *argv, "--json", "-")
+    assert code == 0, err
+    assert json.loads(out)["evaluation"]["n_samples"] == 6  # a quarter of 24 images
+    run_dir = folder / "run"
+    recipe = ["--recipe", "quantize:int8-dynamic", "--seconds", "0.05", "-q"]
+    code, _, err = run(capsys, "compress", *argv, *recipe, "--out", str(run_dir))
+    assert code == 0, err
+    code, out, err = run(capsys, "export", str(run_dir), "--format", "hf", "--json", "-")
+    assert code == 0, err
+    assert "preprocessor_config.json" in json.loads(out)["files"]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(run_dir / "export" / "hf" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    code, _, err = run(capsys, "evaluate", *argv[:2], "--task", "text-classification",
+                       "--data", str(folder / "images"))  # fmt: skip
+    assert code == 2 and "ForSequenceClassification" in err and "ViTForImageClassification" in err

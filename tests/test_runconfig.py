@@ -40,6 +40,23 @@ def test_a_search_runs_again_from_its_written_back_config(capsys, user_dir):
     assert rewritten == {**written, "out": str(again.resolve())}  # the command line won: --out
 
 
+def test_a_compression_runs_again_from_its_written_back_config(capsys, user_dir):
+    first, again = user_dir / "first", user_dir / "again"
+    argv = ["compress", str(user_dir / "workload.toml"), "--recipe", "quantize:int8-dynamic"]
+    code, _, err = run(capsys, *argv, "--seed", "3", "--seconds", "0.05", "--out", str(first))
+    assert code == 0, err
+    written = tomllib.loads((first / "config.toml").read_text())
+    assert written["compress"]["seed"] == 3 and "search" not in written
+    code, _, err = run(
+        capsys, "compress", "--config", str(first / "config.toml"), "--out", str(again)
+    )
+    assert code == 0, err
+    done = [json.loads((d / "results.json").read_text()) for d in (first, again)]
+    assert [r["settings"]["recipe"] for r in done] == ["quantize:mode=int8-dynamic"] * 2
+    assert [r["settings"]["seed"] for r in done] == [3, 3]
+    assert done[0]["trials"][0]["metrics"] == done[1]["trials"][0]["metrics"]
+
+
 def test_a_config_is_relative_to_its_folder_and_the_command_line_wins(tmp_path):
     (tmp_path / "run.toml").write_text(
         'workload = "my.toml"\nout = "runs/a"\n[search]\ntrials = 5\nbudgets = { latency_ms = 2.0 }\n'
@@ -52,6 +69,7 @@ def test_a_config_is_relative_to_its_folder_and_the_command_line_wins(tmp_path):
 def test_a_bad_key_or_value_is_one_line_naming_it(capsys, tmp_path):
     cases = {
         "[search]\ntrails = 3\n": "unknown key 'search.trails'; allowed here: trials,",
+        '[compress]\nrecipe = "quantize"\nseeds = 1\n': "allowed here: recipe, seed,",
         'worklaod = "digits"\n': "Did you mean 'workload'?",
         'workload = "digits"\n[search]\ntrials = -3\n': "search: --trials must be at least 1",
         'workload = "digits"\n[search]\nsampler = "tpx"\n': "Did you mean 'tpe'?",

@@ -272,13 +272,11 @@ def _write(
 
 def _write_hf(source: Path, folder: Path, workload: Workload) -> OnnxModel:
     """Hugging Face's layout of the deployed graph, loadable without Fulcrum: ``model.onnx``
-    (inputs named as the tokenizer's outputs; output ``logits`` for a classifier, as Optimum's
-    ``ORTModelForSequenceClassification`` reads it, ``sentence_embedding`` for an embedding
-    model, the mean-pooled vector, for ``ORTModelForCustomTasks`` or onnxruntime), the model's
-    ``config.json`` and the tokenizer."""
+    (inputs named as the tokenizer's or image processor's outputs; output ``logits`` for a
+    classifier, as Optimum's ``ORTModelFor...Classification`` reads it, ``sentence_embedding``
+    for an embedding model, the mean-pooled vector, for ``ORTModelForCustomTasks`` or
+    onnxruntime), the model's ``config.json`` and its tokenizer or image processor."""
     import onnx
-
-    from fulcrum.workloads.text import load_tokenizer
 
     model_folder = workload.info.get("transformers_folder")
     name = HF_OUTPUTS.get(workload.task)
@@ -288,15 +286,29 @@ def _write_hf(source: Path, folder: Path, workload: Workload) -> OnnxModel:
             "(a text workload from a model folder or --model); export it with --format onnx."
         )
     graph = onnx.load(str(source / "model.onnx"))
-    old = graph.graph.output[0].name
+    names = {graph.graph.output[0].name: name}
+    if "processor_folder" in workload.info:  # an image classifier: its input as processed
+        names[graph.graph.input[0].name] = "pixel_values"
+    for value in [*graph.graph.input, *graph.graph.output]:
+        value.name = names.get(value.name, value.name)
     for node in graph.graph.node:
-        node.output[:] = [name if o == old else o for o in node.output]
-    graph.graph.output[0].name = name
+        node.input[:] = [names.get(i, i) for i in node.input]
+        node.output[:] = [names.get(o, o) for o in node.output]
     onnx.save(graph, str(folder / "model.onnx"))
     shutil.copyfile(Path(model_folder) / "config.json", folder / "config.json")
-    tokenizer = load_tokenizer(Path(workload.info["tokenizer_folder"]), "--format hf")
-    tokenizer.save_pretrained(str(folder))
+    _preprocessor(workload).save_pretrained(str(folder))
     return OnnxModel(folder / "model.onnx", threads=1, output=name)
+
+
+def _preprocessor(workload: Workload) -> Any:
+    """The tokenizer or image processor of a transformers workload, as it was loaded."""
+    if "processor_folder" in workload.info:
+        from fulcrum.workloads.images import load_classifier
+
+        return load_classifier(Path(workload.info["processor_folder"]), "--format hf")[1]
+    from fulcrum.workloads.text import load_tokenizer
+
+    return load_tokenizer(Path(workload.info["tokenizer_folder"]), "--format hf")
 
 
 def _write_openvino(source: Path, folder: Path, workload: Workload) -> Any:
@@ -356,7 +368,7 @@ def _contents(fmt: str, quantized: bool) -> str:
             else "the float graph"
         )
         if fmt == "hf":
-            graph += " as model.onnx, with config.json and the tokenizer (Hugging Face's layout)"
+            graph += " as model.onnx, with config.json and its preprocessor (Hugging Face's layout)"
         return graph
     kind = "weights (safetensors)" if fmt == "safetensors" else "program (torch.export)"
     if quantized:

@@ -29,16 +29,17 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     )
     hub.add_argument(
         "--task",
-        choices=["feature-extraction", "text-classification"],
-        help="what the model does: sentence embeddings (judged against the model itself) or "
-        "text classification (judged on the labels)",
+        choices=["feature-extraction", "text-classification", "image-classification"],
+        help="what the model does: sentence embeddings (judged against the model itself), "
+        "text or image classification (judged on the labels)",
     )
     hub.add_argument(
         "--data",
         type=Path,
         metavar="FILE",
-        help="the texts: .txt (one per line), .csv, .tsv, .jsonl, .json or .parquet; a quarter "
-        "validates, a tenth calibrates, the rest trains",
+        help="the texts: .txt (one per line), .csv, .tsv, .jsonl, .json or .parquet; or a folder "
+        "with a subfolder of images per class; a quarter validates, a tenth calibrates, the "
+        "rest trains",
     )
     hub.add_argument(
         "--text-column", default="text", help="the data's column of texts (default: text)"
@@ -97,8 +98,9 @@ def load_workload(args: argparse.Namespace) -> Workload:
         missing = [o for o, v in (("--task", args.task), ("--data", args.data)) if v is None]
         if missing:
             raise ConfigError(
-                f"--model needs {' and '.join(missing)}: --task feature-extraction or "
-                "text-classification, --data FILE of texts to judge it on."
+                f"--model needs {' and '.join(missing)}: --task feature-extraction, "
+                "text-classification or image-classification, and --data: the texts (a file) "
+                "or images (a folder) to judge it on."
             )
         args.workload = str(
             workload_file(
@@ -119,6 +121,33 @@ def load_workload(args: argparse.Namespace) -> Workload:
     return workloads.load(
         args.workload, allow_pickle=args.allow_pickle, input_shapes=args.input_shape
     )
+
+
+def write_config(args: argparse.Namespace, workload: Workload, out: Path, **section: Any) -> None:
+    """RUN/config.toml: this run as a run config, with its ``search`` or ``compress`` section
+    (``--config RUN/config.toml`` runs it again)."""
+    from fulcrum import runconfig
+    from fulcrum.workloads import source_of
+
+    named = args.model is not None  # --model: the names, not the file they became
+    local = named and Path(args.model).is_dir()
+    config = runconfig.RunConfig(
+        workload=None if named else source_of(workload),
+        model=str(Path(args.model).resolve()) if local else args.model,
+        task=args.task,
+        data=str(args.data.resolve()) if args.data else None,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        allow_pickle=args.allow_pickle,
+        input_shape=args.input_shape,
+        threads=args.threads,
+        out=str(out.resolve()),
+        storage=getattr(args, "storage", None),
+        study=getattr(args, "study", None),
+        artifacts=getattr(args, "artifacts", None),
+        **section,
+    )
+    runconfig.write(out / "config.toml", config)
 
 
 def positive_int(text: str) -> int:

@@ -12,8 +12,10 @@ from fulcrum.cli.common import (
     int_list,
     load_workload,
     seed_value,
+    write_config,
     write_json,
 )
+from fulcrum.errors import ConfigError
 
 if TYPE_CHECKING:
     from fulcrum.runfolder import Run
@@ -23,10 +25,16 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser("compress", help="apply a compression recipe and compare before/after")
     add_workload_arguments(parser)
     parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a run config (TOML) holding these options; those given here win. Every "
+        "compression writes its own to RUN/config.toml, which runs it again",
+    )
+    parser.add_argument(
         "--recipe",
-        required=True,
         help='steps joined by ">", e.g. "prune:ratio=0.5 > distill:epochs=5 > '
-        'quantize:int8-static", or a TOML file (see `fulcrum techniques`)',
+        'quantize:int8-static", or a TOML file (see `fulcrum techniques`); required',
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="run folder (default: runs/<workload>-<time>)"
@@ -53,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from fulcrum.report import write_report
     from fulcrum.runs import compress_run
 
+    if args.recipe is None:
+        raise ConfigError("--recipe is required (or a --config whose [compress] names one).")
     recipe = recipe_from(args.recipe)  # a bad recipe fails before anything is computed
     check_writable(args.json)
     workload = load_workload(args)
@@ -72,6 +82,16 @@ def run(args: argparse.Namespace) -> int:
     )
     if result is None:
         return 0
+    from fulcrum.compression import recipe_text
+    from fulcrum.runconfig import CompressConfig
+
+    section = CompressConfig(
+        recipe=recipe_text(recipe),
+        seed=args.seed,
+        batch_sizes=args.batch_sizes,
+        seconds=args.seconds,
+    )
+    write_config(args, workload, out, compress=section)
     render(result)
     paths = write_report(out)
     write_json(args.json, result.model_dump(mode="json"))

@@ -13,14 +13,13 @@ from fulcrum.cli.common import (
     load_workload,
     positive_int,
     seed_value,
+    write_config,
     write_json,
 )
 from fulcrum.errors import ConfigError
 
 if TYPE_CHECKING:
     from fulcrum.runfolder import Point, Run
-    from fulcrum.search.settings import SearchSettings
-    from fulcrum.workloads import Workload
 
 
 def budget(text: str) -> tuple[str, float]:
@@ -208,41 +207,13 @@ def run(args: argparse.Namespace) -> int:
         again = "the same command again" if args.out else f"the same command with --out {out}"
         print(f"fulcrum search: interrupted (run {again} to resume it)", file=sys.stderr)
         return 130
-    write_back(args, workload, settings, out)
+    write_config(args, workload, out, search=settings)
     render(result)
     paths = write_report(out)
     write_json(args.json, result.model_dump(mode="json"))
     print(f"report: {paths['report']}")
     print(f"\nwrote {out}/results.json" + (f" and {out}/sweetspot/" if result.pick.point else ""))
     return 0 if result.pick.point else 1
-
-
-def write_back(
-    args: argparse.Namespace, workload: Workload, settings: SearchSettings, out: Path
-) -> None:
-    """RUN/config.toml: this search as a run config (`fulcrum search --config` runs it again)."""
-    from fulcrum import runconfig
-    from fulcrum.workloads import source_of
-
-    named = args.model is not None  # --model: the names, not the file they became
-    local = named and Path(args.model).is_dir()
-    config = runconfig.RunConfig(
-        workload=None if named else source_of(workload),
-        model=str(Path(args.model).resolve()) if local else args.model,
-        task=args.task,
-        data=str(args.data.resolve()) if args.data else None,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        allow_pickle=args.allow_pickle,
-        input_shape=args.input_shape,
-        threads=args.threads,
-        out=str(out.resolve()),
-        storage=args.storage,
-        study=args.study,
-        artifacts=args.artifacts,
-        search=settings,
-    )
-    runconfig.write(out / "config.toml", config)
 
 
 def render(result: Run) -> None:

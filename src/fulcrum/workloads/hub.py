@@ -16,7 +16,15 @@ from fulcrum.errors import ConfigError, suggest
 from fulcrum.workloads.base import cache_dir
 
 # Hugging Face's task names -> Fulcrum's tasks
-TASKS = {"feature-extraction": "embedding", "text-classification": "multiclass"}
+TASKS = {
+    "feature-extraction": "embedding",
+    "text-classification": "multiclass",
+    "image-classification": "multiclass",
+}
+HEADS = {
+    "text-classification": "ForSequenceClassification",
+    "image-classification": "ForImageClassification",
+}
 
 
 def model_folder(ref: str) -> Path:
@@ -52,14 +60,13 @@ def check_head(folder: Path, task: str) -> None:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--model {str(folder)!r}: config.json cannot be read ({exc}).") from None
     found = list(config.get("architectures") or [])
-    if task == "text-classification" and not any(
-        a.endswith("ForSequenceClassification") for a in found
-    ):
+    head = HEADS.get(task)
+    if head is not None and not any(a.endswith(head) for a in found):
         raise ConfigError(
-            f"--task text-classification needs a sequence-classification head, and the model in "
-            f"{str(folder)!r} is {', '.join(found) or 'a model with no architectures listed'}; "
-            "use --task feature-extraction, or a folder saved from "
-            "AutoModelForSequenceClassification."
+            f"--task {task} needs a ...{head} model, and the model in {str(folder)!r} is "
+            f"{', '.join(found) or 'a model with no architectures listed'}; use the task its "
+            f"head fits (feature-extraction for an encoder), or a folder saved from "
+            f"AutoModel{head}."
         )
 
 
@@ -79,16 +86,24 @@ def workload_file(
         )
     folder = model_folder(model)
     check_head(folder, task)
-    if not data.is_file():
-        raise ConfigError(f"--data {str(data)!r} does not exist; give the file of texts.")
+    images = task == "image-classification"
+    if not (data.is_dir() if images else data.is_file()):
+        what = "a folder with one subfolder of images per class" if images else "a file of texts"
+        raise ConfigError(f"--data {str(data)!r} is not {what}; give one.")
     entries = {
         "name": folder.name if Path(model).expanduser().is_dir() else model.replace("/", "--"),
         "description": f"{model} ({task}) on {data.name}",
         "task": TASKS[task],
         "transformers": str(folder),
-        "text": str(data.resolve()),
-        "text_column": text_column,
-        "label_column": label_column,
+        **(
+            {"images": str(data.resolve())}
+            if images
+            else {
+                "text": str(data.resolve()),
+                "text_column": text_column,
+                "label_column": label_column,
+            }
+        ),
     }
     # TOML's basic strings read JSON's escapes alike
     text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in entries.items())

@@ -66,33 +66,13 @@ from fulcrum.workloads.checkpoint import load_into
 log = logging.getLogger(__name__)
 
 KEYS = (
-    "name",
-    "task",
-    "model",
-    "model_args",
-    "onnx",
-    "data",
-    "checkpoint",
-    "allow_pickle",
-    "metric",
-    "num_classes",
-    "input_shape",
-    "reference",
-    "description",
-    "postprocess",
-    "loss",
+    "name", "task", "model", "model_args", "onnx", "data", "checkpoint", "allow_pickle", "metric",
+    "num_classes", "input_shape", "reference", "description", "postprocess", "loss",
     "distill_loss",
-    # text workloads
-    "transformers",
-    "tokenizer",
-    "text",
-    "max_length",
-    "example_length",
-    "inputs",
-    "output",
-    "text_column",
-    "label_column",
-)
+    # text and image workloads
+    "transformers", "tokenizer", "text", "max_length", "example_length", "inputs", "output",
+    "text_column", "label_column", "images",
+)  # fmt: skip
 
 
 def resolve(ref: Any, key: str, where: Path) -> Callable[..., Any]:
@@ -141,6 +121,10 @@ def load_toml(path: Path, *, allow_pickle: bool = False) -> Workload:
     name = str(spec.get("name", path.stem))
     check_task(spec["task"], path.name)
     _check_kinds(spec, path)
+    if "images" in spec:  # a transformers image classifier and a folder of images by class
+        from fulcrum.workloads.images import load as load_images
+
+        return load_images(spec, path, name)
     if "text" in spec:
         return _load_text(spec, path, name, allow_pickle)
     onnx_model = _onnx_model(spec, path) if "onnx" in spec else None
@@ -210,7 +194,10 @@ def _check_entries(spec: dict[str, Any], path: Path) -> None:
         raise ConfigError(
             f"{path.name}: unknown entry {unknown[0]!r}; valid entries: {', '.join(KEYS)}.{suggest(unknown[0], KEYS)}"
         )
-    for required in ("task", "text" if "text" in spec or "transformers" in spec else "data"):
+    data = (
+        "images" if "images" in spec else "text" if {"text", "transformers"} & set(spec) else "data"
+    )
+    for required in ("task", data):
         if required not in spec:
             raise ConfigError(
                 f"{path.name} has no {required!r} entry; add e.g. {required} = {_EXAMPLES[required]}."
@@ -227,7 +214,7 @@ def _check_kinds(spec: dict[str, Any], path: Path) -> None:
     strings: tuple[str, ...] = ("name", "model", "onnx", "data", "checkpoint", "metric")
     strings += ("postprocess", "loss", "distill_loss")
     strings += ("reference", "text", "description", "transformers", "tokenizer", "output")
-    strings += ("text_column", "label_column")
+    strings += ("text_column", "label_column", "images")
     kinds: dict[str, tuple[type, ...]] = {k: (str,) for k in strings}
     kinds |= {"model_args": (dict,), "allow_pickle": (bool,), "input_shape": (list,)}
     kinds["inputs"] = (list,)
@@ -256,6 +243,7 @@ def _check_kinds(spec: dict[str, Any], path: Path) -> None:
 # entries naming a user's function, passed to the Workload under the same names
 _FUNCTIONS = ("metric", "postprocess", "loss", "distill_loss")
 _EXAMPLES = {"task": '"multiclass"', "data": '"mydata:splits"', "text": '"sentences.txt"'}
+_EXAMPLES["images"] = '"images/"  # one subfolder of images per class'
 
 
 def _build_model(spec: dict[str, Any], path: Path, allow_pickle: bool) -> nn.Module:
