@@ -29,6 +29,7 @@ import torch
 from fulcrum import timing
 from fulcrum.compression import compress, onnx_bytes
 from fulcrum.evaluation import evaluate_workload
+from fulcrum.measuring import output_of
 from fulcrum.metrics import MAIN_METRIC
 from fulcrum.runtimes import OnnxModel, default_threads
 from fulcrum.search.run import search
@@ -126,7 +127,7 @@ def main() -> None:
         models["sweet spot"] = (run_dir / "sweetspot" / "model.onnx").read_bytes()
         recipes["sweet spot"] = result["pick"]["point"]["recipe"]
 
-    output = OnnxModel(base_bytes).chosen_output
+    output = output_of(workload)  # an ONNX workload's judged output; else each graph's first
     evaluations = {}
 
     def metric_of(data: bytes) -> float:
