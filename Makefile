@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all docs lint typecheck clean
+.PHONY: demo test test-all docs lint typecheck mutation clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# slow (not part of `make test`): mutmut over the modules in pyproject's [tool.mutmut], then
+# the per-module scores into benchmarks/results/mutation.json
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt 'mutmut>=3.3'
+	rm -rf mutants
+	$(BIN)/mutmut run || true
+	$(BIN)/python benchmarks/mutation.py
+
 clean:
-	rm -rf $(VENV) runs site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs site mutants .pytest_cache .mypy_cache .ruff_cache

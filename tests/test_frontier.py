@@ -520,3 +520,56 @@ def test_the_pick_is_among_the_finalists_timed_again_even_on_a_long_front():
     assert timed == ["3", "2"]  # within the budget, fastest first; not the top of the front
     assert pick.point is not None and pick.point.trial == "3"
     assert pick.point.ratio_range == [0.9, 1.1]  # it was timed again
+
+
+def _knee_by_hand(front, objectives):
+    """The knee as its definition reads: each objective rescaled to [0, 1] over the front (best
+    1, worst 0; constant: 1), the point nearest (1, ..., 1), ties to the smallest numeric key."""
+    ranges = {}
+    for o in objectives:
+        values = [p.values[o.name] for p in front]
+        ranges[o.name] = (min(values), max(values))
+
+    def score(p, o):
+        low, high = ranges[o.name]
+        if high == low:
+            return 1.0
+        share = (p.values[o.name] - low) / (high - low)
+        return share if o.direction == "maximize" else 1.0 - share
+
+    return min(
+        front,
+        key=lambda p: (math.dist([score(p, o) for o in objectives], [1.0] * len(objectives)),
+                       int(p.key)),
+    )  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(point_sets(min_size=1), objective_sets)
+def test_the_knee_is_the_point_nearest_utopia_after_rescaling_each_objective(points, objectives):
+    front = pareto_front(points, objectives)
+    assert knee(front, objectives).key == _knee_by_hand(front, objectives).key
+
+
+def test_the_knee_rescales_objectives_of_different_scales():
+    """Unscaled, the bytes would decide alone; rescaled, the balanced point wins."""
+    objectives = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize")]
+    front = [
+        Point("small", {"accuracy": 0.90, "size_bytes": 1_000_000.0}),
+        Point("balanced", {"accuracy": 0.97, "size_bytes": 1_300_000.0}),
+        Point("accurate", {"accuracy": 0.98, "size_bytes": 4_000_000.0}),
+    ]
+    assert knee(front, objectives).key == "balanced"
+
+
+def test_when_nothing_is_feasible_the_reason_says_by_how_much_and_what_is_missing():
+    budget = Budget(
+        metric="accuracy", baseline=0.99, max_drop=1.0, limits={"latency_ms": 1.0, "params": 10}
+    )
+    point = pt("only", 0.95, 2.5, 1.0)  # no params measured
+    chosen = pick([point], ACC_LAT, budget)
+    assert chosen.point is None
+    assert chosen.reason.endswith(
+        "the closest, 'only', misses by 0.03 of accuracy below 0.98 and 1.5 of latency_ms over 1 "
+        "and having no params."
+    )
