@@ -26,10 +26,10 @@ import torch
 import transformers
 
 from fulcrum.cli import main
-from fulcrum.workloads.text import transformers_quietly
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_text import make_text_workload  # (the tests' tiny BERT; test_hub: its tiny ViT)
+from test_hub import _vit_folder, original_embeddings  # (the tests' tiny models)
+from test_text import make_text_workload
 
 OPTIMUM = """
 import json, sys
@@ -66,8 +66,6 @@ print(json.dumps({"class": type(model).__name__, "max_abs_vs_onnxruntime":
 def images_case(python: str, folder: Path, recipe: str) -> dict[str, object]:
     """The tests' tiny ViT compressed from the command line, exported as hf, and run by
     Optimum's ORTModelForImageClassification against onnxruntime on the same graph."""
-    from test_hub import _vit_folder
-
     _vit_folder(folder)
     argv = ["--model", str(folder / "vit"), "--task", "image-classification"]
     argv += ["--data", str(folder / "images")]
@@ -134,14 +132,7 @@ def main_(argv: list[str] | None = None) -> int:
             print(done.stderr[-3000:])
             return 1
         loaded = json.loads(done.stdout)
-        with transformers_quietly():
-            encoder = transformers.AutoModel.from_pretrained(str(folder / "model")).eval()
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder / "model"))
-        batch = tokenizer(lines, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            states = encoder(batch["input_ids"], batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        original = (states * mask).sum(1) / mask.sum(1)
+        original = original_embeddings(folder / "model", lines)
         cosine = torch.nn.functional.cosine_similarity(torch.tensor(loaded["embedding"]), original)
     result = {
         "what": "fulcrum compress --model FOLDER --task feature-extraction --data sentences.csv, "

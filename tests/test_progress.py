@@ -124,3 +124,12 @@ def test_training_reports_every_batch_and_always_ends(abandoned):
         assert batches == list(range(1, 30 * 4 + 1))
     else:  # two epochs of 144 samples (the rest held out: 4 batches each), then the end
         assert batches == [*range(1, 9), total]
+
+
+def test_work_over_items_ends_however_its_loop_ends():
+    heard: list[tuple[int, int]] = []
+    with progress.shown_by(lambda what, done, total: heard.append((done, total))):
+        for item in progress.each("layers", ["a", "b", "c"]):
+            if item == "b":
+                break
+    assert heard == [(0, 3), (1, 3), (3, 3)]

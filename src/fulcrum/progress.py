@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
 
 log = logging.getLogger("fulcrum")
 
@@ -23,6 +24,7 @@ PLAIN_EVERY = 15.0  # seconds between plain lines of one piece of work
 _listener: ContextVar[Listener | None] = ContextVar("fulcrum_progress", default=None)
 # per piece of work: (when it started, when its last plain line was written)
 _plain: dict[str, tuple[float, float]] = {}
+T = TypeVar("T")
 
 
 def step(what: str, done: int, total: int) -> None:
@@ -42,6 +44,17 @@ def step(what: str, done: int, total: int) -> None:
         _plain[what] = (started, now)
     if finished:
         _plain.pop(what, None)
+
+
+def each(what: str, items: Sequence[T]) -> Iterator[T]:
+    """``items`` one by one, each a step of ``what``; the work ends with the loop, however the
+    loop ends."""
+    try:
+        for done, item in enumerate(items):
+            step(what, done, len(items))
+            yield item
+    finally:
+        step(what, len(items), len(items))
 
 
 @contextmanager

@@ -36,7 +36,7 @@ from fulcrum.errors import ConfigError, FulcrumError, first_line
 from fulcrum.evaluation import evaluate_workload
 from fulcrum.measuring import deploy
 from fulcrum.metrics import MAIN_METRIC
-from fulcrum.progress import step as report_step
+from fulcrum.progress import each
 from fulcrum.runtimes import default_threads, torch_threads
 from fulcrum.techniques import Candidate, get
 from fulcrum.techniques.quantize import QuantizeConfig
@@ -158,10 +158,8 @@ def analyse(
         costly = sorted(layers, key=lambda la: -la.macs)[: prune_layers or len(layers)]
         chosen = [la for la in layers if la in costly]
         say(f"pruning each of {len(chosen)} layers alone")
-        for i, layer in enumerate(chosen):
-            report_step("sensitivity: each layer pruned alone (layers)", i, len(chosen))
+        for layer in each("sensitivity: each layer pruned alone (layers)", chosen):
             _prune_curve(workload, layer, ratios, total_macs, metric, threads)
-        report_step("sensitivity: each layer pruned alone (layers)", len(chosen), len(chosen))
     # the float graph, exported once (the export costs more than quantizing it): every int8
     # variant quantizes this graph, as quantize does after a graph step
     graph_bytes = (
@@ -274,15 +272,11 @@ def _int8_curve(
     except FulcrumError as exc:
         log.warning("sensitivity: int8-static does not apply (%s)", first_line(exc))
         return None
-    for i, layer in enumerate(layers):
-        report_step("sensitivity: int8 with each layer left in float (layers)", i, len(layers))
+    for layer in each("sensitivity: int8 with each layer left in float (layers)", layers):
         try:
             layer.float_metric = round(metric(int8((layer.name,))), 6)
         except FulcrumError as exc:
             log.info("sensitivity: int8 without %s: %s", layer.name, first_line(exc))
-    report_step(
-        "sensitivity: int8 with each layer left in float (layers)", len(layers), len(layers)
-    )
     return int8_metric
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fulcrum.errors import ConfigError, DataError, MissingDependencyError, first_line
 from fulcrum.workloads.base import Workload
-from fulcrum.workloads.text import SPLIT_FRACTIONS, transformers_quietly
+from fulcrum.workloads.text import split_indices, transformers_quietly
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -102,14 +102,7 @@ def load(spec: dict[str, Any], path: Path, name: str) -> Workload:
     model, processor = load_classifier(folder, where)
     paths, labels = read_folder(path.parent / str(spec["images"]), where, label_ids(model))
     x, y = pixels(processor, paths, where), torch.tensor(labels)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    n_val = max(1, int(len(x) * SPLIT_FRACTIONS["val"]))
-    n_calib = max(1, int(len(x) * SPLIT_FRACTIONS["calib"]))
-    parts = {
-        "val": order[:n_val],
-        "calib": order[n_val : n_val + n_calib],
-        "train": order[n_val + n_calib :],
-    }
+    parts = split_indices(len(x))
     loaders = {
         split: DataLoader(TensorDataset(x[idx], y[idx]), batch_size=32, shuffle=split == "train")
         for split, idx in parts.items()

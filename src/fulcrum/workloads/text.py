@@ -352,8 +352,7 @@ def _records(path: Path, where: str) -> list[dict[str, Any]]:
                 f"{where}: reading {path.name} needs pyarrow; install it with pip install pyarrow, "
                 "or give the texts as .csv or .jsonl."
             ) from None
-        rows = parquet.read_table(str(path)).to_pylist()
-        return rows
+        return list(parquet.read_table(str(path)).to_pylist())
     except (ValueError, UnicodeDecodeError, OSError) as exc:
         raise DataError(f"{where}: {path.name} cannot be read ({first_line(exc, 160)}).") from None
 
@@ -408,18 +407,23 @@ def text_splits(raw: Any, task: str, where: str, seed: int = 0) -> dict[str, Tex
             )
         return {k: pair(v, k) for k, v in raw.items() if v is not None}
     texts, targets = pair(raw, "text")
-    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(len(texts) * SPLIT_FRACTIONS["val"]))
-    n_calib = max(1, int(len(texts) * SPLIT_FRACTIONS["calib"]))
-    parts = {
+    return {
+        k: ([texts[i] for i in idx], targets[idx] if len(idx) else targets[:0])
+        for k, idx in split_indices(len(texts), seed).items()
+        if idx
+    }
+
+
+def split_indices(count: int, seed: int = 0) -> dict[str, list[int]]:
+    """One collection of ``count`` items split, seeded: ``SPLIT_FRACTIONS`` of them (at least
+    one each) validate and calibrate, the rest train."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(count * SPLIT_FRACTIONS["val"]))
+    n_calib = max(1, int(count * SPLIT_FRACTIONS["calib"]))
+    return {
         "val": order[:n_val],
         "calib": order[n_val : n_val + n_calib],
         "train": order[n_val + n_calib :],
-    }
-    return {
-        k: ([texts[i] for i in idx], targets[idx] if len(idx) else targets[:0])
-        for k, idx in parts.items()
-        if idx
     }
 
 
