@@ -111,6 +111,31 @@ def measured_once(trials: list[dict]) -> bool:
     return len(measured) == len(set(measured))
 
 
+def kill_mid_trial(command: list[str], env: dict[str, str], out: Path) -> int:
+    """Start the search and SIGKILL it while a trial measures a fully drawn recipe, once two
+    have finished; the number of the trial it killed. A trial seen measuring can finish before
+    the signal lands, so the killed one is the trial still marked running once the process is
+    dead, and the search is started again (it resumes) until the kill lands mid-trial."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        first = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        while first.poll() is None:
+            measuring = [n for n, attrs in running_trials(out).items() if "recipe" in attrs]
+            if measuring and len(finished(states(out))) >= 2:
+                first.send_signal(signal.SIGKILL)
+                first.wait()
+                still = [n for n, attrs in running_trials(out).items() if "recipe" in attrs]
+                if still:
+                    return still[0]
+                break  # it finished that trial before the signal landed
+            time.sleep(0.1)
+        else:
+            break
+    raise AssertionError("the first search finished before it could be killed mid-trial")
+
+
 def test_killed_search_resumes_without_losing_or_replaying_trials(search_dir):
     """SIGKILL mid-trial, then the same command: nothing finished is lost, the killed trial is
     retried, exactly the requested trials finish, and the resumed process draws new recipes
@@ -119,18 +144,7 @@ def test_killed_search_resumes_without_losing_or_replaying_trials(search_dir):
     command = [sys.executable, "-m", "fulcrum", "search"]
     command += search_args(search_dir, "fast", out, "--trials", "5")
     env = fulcrum_env(search_dir)
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    killed = None
-    while time.time() < deadline and first.poll() is None:
-        measuring = [n for n, attrs in running_trials(out).items() if "recipe" in attrs]
-        if measuring and len(finished(states(out))) >= 2:  # (its recipe is drawn in full)
-            first.send_signal(signal.SIGKILL)
-            first.wait()
-            killed = measuring[0]
-            break
-        time.sleep(0.1)
-    assert killed is not None, "the first search finished before it could be killed"
+    killed = kill_mid_trial(command, env, out)
     before = finished(states(out))
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stderr[-2000:]
