@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fulcrum.runtimes.openvino import precision
+from fulcrum.runtimes import unavailable
 from fulcrum.search.run import search
 from fulcrum.search.settings import SearchSettings
 from fulcrum.workloads import load
@@ -83,7 +83,10 @@ def main() -> None:
         "workload": args.workload,
         "targets": settings.targets,
         "reference": f"{settings.primary} fp32, batch {settings.batch_size}",
-        "openvino_precision": precision(),
+        # a target's precision is in its name (openvino:bf16); where one is not offered, why
+        "not_offered": {
+            t: why for t in ("openvino:bf16", "torch-compile:bf16") if (why := unavailable(t))
+        },
         "trials": args.trials,
         "wall_seconds": round(wall, 1),
         "max_drop_pt": args.max_drop,

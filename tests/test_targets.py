@@ -1,6 +1,7 @@
 """Deployment targets beside ONNX Runtime: OpenVINO runs the same candidates, int8 included, and a
 search over several targets keeps each one's candidates apart."""
 
+import io
 import json
 import sys
 
@@ -118,3 +119,122 @@ def test_an_openvino_export_is_ir_that_openvino_alone_loads_and_fulcrum_verifies
     deployed = OnnxModel((run_dir / "model.onnx").read_bytes(), 1)(x)
     assert np.allclose(ir_out, deployed.numpy(), atol=0.05 * float(deployed.abs().max()))
     assert main(["verify", str(export_dir), "-q"]) == 0
+
+
+def test_the_torch_compile_target_compiles_once_per_shape_and_reloads_its_program(tmp_path):
+    """A float candidate deploys as a torch.export program compiled by Inductor: outputs equal to
+    eager PyTorch's, compile seconds kept apart per input shape (a thread change compiles
+    nothing), the artifact is the program, and the saved program reloads to the same outputs."""
+    model, x = _cnn(), torch.randn(3, 1, 8, 8)
+    session = get("torch-compile").deploy(Candidate.of(model), (x,), threads=1)
+    with torch.no_grad():
+        expected = model(x)
+    assert session.runtime == "torch-compile"
+    assert torch.allclose(session(x), expected, atol=1e-5)
+    assert torch.allclose(session(x[:1]), expected[:1], atol=1e-5)
+    assert set(session.compile_seconds) == {((3, 1, 8, 8),), ((1, 1, 8, 8),)}
+    two = session.with_threads(2)
+    assert torch.allclose(two(x), expected, atol=1e-5) and two.compiled is session.compiled
+    assert len(session.compile_seconds) == 2  # the thread change compiled nothing
+    assert session.artifact_bytes() == len(session.program)
+    session.save(tmp_path)
+    reloaded = torch.export.load(str(tmp_path / "model.pt2")).module()  # PyTorch alone
+    assert torch.allclose(reloaded(x), expected, atol=1e-5)
+
+
+def test_int8_pt2e_is_a_step_whose_program_runs_compiled_close_to_float():
+    """quantize:int8-pt2e calibrates the model with torchao's x86 quantizer and leaves PyTorch's
+    float model for an int8 program: compiled on the torch-compile target its outputs stay close
+    to the float model's, and the ONNX targets refuse it, naming the target that runs it."""
+    from fulcrum.runtimes.torch_compile import CompiledSession
+    from fulcrum.techniques import Context
+    from fulcrum.techniques.quantize import QuantizeConfig, apply
+
+    model, x = _cnn(), torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    calib = [(x[i : i + 8], torch.zeros(8)) for i in range(0, 32, 8)]
+    ctx = Context(task="multiclass", example_inputs=(x[:1],), calib=calib)
+    int8 = apply(QuantizeConfig(mode="int8-pt2e"), Candidate.of(model), ctx)
+    assert int8.program is not None and int8.final and int8.runtime == "torch-compile"
+    session = get("torch-compile").deploy(int8, (x[:1],), threads=1)
+    with torch.no_grad():
+        expected = model(x)
+    out = session(x)
+    assert (out - expected).abs().max() < 0.05 * float(expected.abs().max())
+    program = torch.export.load(io.BytesIO(int8.program))  # int8, not the float model again
+    assert any("quantize_per" in str(node.target) for node in program.graph.nodes)
+    assert isinstance(session, CompiledSession) and session.program == int8.program
+    for target in ("onnxruntime", "openvino", "torch"):
+        with pytest.raises(Exception, match="runs on the torch-compile target"):
+            get(target).deploy(int8, (x[:1],), threads=1)
+    with pytest.raises(Exception, match="already turned into an int8 program"):
+        int8.require_float("finetune")
+
+
+def test_bf16_is_offered_only_where_the_cpu_computes_in_bf16(search_dir, monkeypatch, capsys):
+    """Without AVX-512 BF16 or AMX the bf16 targets are refused with one line naming why (exit
+    2, nothing written); with them they are offered."""
+    from fulcrum import runtimes
+    from fulcrum.runtimes import base
+
+    monkeypatch.setattr(base, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    for target in ("openvino:bf16", "torch-compile:bf16"):
+        assert "no native bf16" in (runtimes.unavailable(target) or "")
+    assert (
+        runtimes.unavailable("openvino") is None and runtimes.unavailable("torch-compile") is None
+    )
+    out = search_dir / "o"
+    args = [str(search_dir / "fast.toml"), "--out", str(out), "--runtime", "torch-compile:bf16"]
+    assert main(["search", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no native bf16" in err and not out.exists()
+    monkeypatch.setattr(base, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert runtimes.unavailable("openvino:bf16") is None
+    assert runtimes.unavailable("torch-compile:bf16") is None
+
+
+def test_an_int8_pt2e_run_exports_its_program_and_verifies(search_dir, capsys):
+    """compress with quantize:int8-pt2e measures on torch-compile; the pt2 export is the int8
+    program the run measured (metric re-checked), verify passes, and an ONNX export is refused
+    naming --format pt2."""
+    run_dir = search_dir / "pt2e"
+    argv = ["compress", str(search_dir / "fast.toml"), "--recipe", "quantize:int8-pt2e"]
+    assert (
+        main([*argv, "--seconds", "0.05", "--batch-sizes", "1", "--out", str(run_dir), "-q"]) == 0
+    )
+    result = json.loads((run_dir / "results.json").read_text())
+    assert result["comparison"]["runtime"] == "torch-compile"
+    assert result["trials"][0]["compile_seconds"] > 0
+    assert (run_dir / "model.pt2").is_file() and not (run_dir / "model.onnx").exists()
+    assert main(["export", str(run_dir), "--format", "pt2", "-q"]) == 0
+    record = json.loads((run_dir / "export" / "pt2" / "export.json").read_text())
+    assert "int8 program" in record["contains"] and record["parity"]["metric"]["checked"]
+    exported = (run_dir / "export" / "pt2" / "model.pt2").read_bytes()
+    assert exported == (run_dir / "model.pt2").read_bytes()  # what the run measured
+    assert main(["verify", str(run_dir / "export" / "pt2"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--format", "onnx", "--force", "-q"]) == 2
+    assert "--format pt2" in capsys.readouterr().err
+
+
+def test_a_torch_compile_search_draws_pytorch_int8_and_keeps_compile_time_apart(search_dir):
+    """On torch-compile every trial is compiled there, its compile seconds recorded apart from
+    its latency; the one quantization drawn is int8-pt2e, whose program is the trial's file."""
+    out = search_dir / "compiled"
+    args = [
+        str(search_dir / "fast.toml"),
+        *("--out", str(out), "--sampler", "random", "--trial-seconds", "0.02"),
+        *("--max-drop", "100", "--threads", "1", "--trials", "3"),
+        *("--runtime", "torch-compile"),
+    ]
+    assert main(["search", *args, "-q"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert (
+        result["baseline"]["runtime"] == "torch-compile" and result["baseline"]["compile_seconds"]
+    )
+    done = [t for t in result["trials"] if t["state"] == "COMPLETE" and "same_as" not in t]
+    assert done and all(t["runtime"] == "torch-compile" and t["compile_seconds"] for t in done)
+    quantized = [t for t in done if "quantize" in t["recipe"]]
+    assert quantized and all("int8-pt2e" in t["recipe"] for t in quantized)
+    for t in quantized:
+        assert (out / "trials" / str(t["number"]) / "model.pt2").is_file()
+        assert not (out / "trials" / str(t["number"]) / "model.onnx").exists()

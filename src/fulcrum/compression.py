@@ -364,10 +364,15 @@ def onnx_bytes(candidate: Candidate, example_inputs: Sequence[torch.Tensor]) -> 
 def save_candidate(
     candidate: Candidate, folder: Path, example_inputs: Sequence[torch.Tensor], workload_source: str
 ) -> dict[str, str]:
-    """Write the deployable ONNX graph, the PyTorch weights and a manifest into ``folder``."""
+    """Write the deployable form (the ONNX graph, or the int8 program of ``quantize:int8-pt2e``
+    as ``model.pt2``), the PyTorch weights and a manifest into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.onnx").write_bytes(onnx_bytes(candidate, example_inputs))
-    files = {"onnx": "model.onnx", "manifest": "model.json"}
+    if candidate.program is not None:
+        (folder / "model.pt2").write_bytes(candidate.program)
+        files = {"pt2": "model.pt2", "manifest": "model.json"}
+    else:
+        (folder / "model.onnx").write_bytes(onnx_bytes(candidate, example_inputs))
+        files = {"onnx": "model.onnx", "manifest": "model.json"}
     if candidate.model is not None:  # an ONNX workload's candidates are graphs only
         files["safetensors"] = "model.safetensors"
     save_weights(candidate, folder, workload_source)

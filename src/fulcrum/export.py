@@ -30,7 +30,8 @@ from fulcrum.evaluation import evaluate_workload
 from fulcrum.measuring import output_of
 from fulcrum.metrics import MAIN_METRIC
 from fulcrum.runfolder import ExportRecord, MetricCheck, Parity, Run, disk_error, read
-from fulcrum.runtimes import OnnxModel, as_inputs, output_tensor, with_batch
+from fulcrum.runtimes import OnnxModel, as_inputs, output_tensor
+from fulcrum.runtimes.torch_compile import CompiledSession, export_program, program_bytes
 from fulcrum.workloads import load as load_workload
 
 if TYPE_CHECKING:
@@ -80,6 +81,11 @@ def candidate_folder(run: Run, run_dir: Path, fmt: str, trial: int | None = None
         )
     else:
         folder = run_dir / "sweetspot" if run.command == "search" else run_dir
+    if (folder / "model.pt2").is_file() and fmt in GRAPHS:
+        raise ConfigError(
+            f"{folder} holds PyTorch's int8 program (quantize:int8-pt2e), not an ONNX graph; "
+            "export it with --format pt2."
+        )
     missing = [name for name in NEEDS[fmt] if not (folder / name).is_file()]
     graph_only = (folder / "model.onnx").is_file() and (folder / "model.json").is_file()
     if missing == ["model.safetensors"] and graph_only:  # an ONNX workload's candidate
@@ -211,9 +217,15 @@ def _build(run: Run, source: Path, fmt: str, folder: Path, recorded: float | Non
     inputs = validation_inputs(workload)
     artifact = _write(fmt, source, folder, workload, model, inputs)
     graph = manifest.get("runtime") == "onnxruntime"  # the recipe made a graph (int8, fused)
-    quantized = graph and any(s.get("type") == "quantize" for s in manifest.get("steps", []))
-    parity = _parity(fmt, model, artifact, inputs, graph)
-    deployed_form = fmt in GRAPHS or not graph  # the graph that runs, or the float model
+    program = (source / "model.pt2").is_file()  # PyTorch's int8 program (quantize:int8-pt2e)
+    quantize = any(s.get("type") == "quantize" for s in manifest.get("steps", []))
+    quantized = (graph or program) and quantize
+    # int8 deviates by design, and OpenVINO may compute in bf16: reported, not refused (the
+    # metric re-check still guards the export)
+    deviates = (graph and fmt in GRAPHS) or (program and fmt == "pt2") or fmt == "openvino"
+    parity = _parity(fmt, model, artifact, inputs, deviates)
+    # the form the run measured: the graph, the int8 program, or the float model
+    deployed_form = fmt == "pt2" if program else (fmt in GRAPHS or not graph)
     score = evaluate_workload(workload, artifact, threads=1).metrics.get(MAIN_METRIC[workload.task])
     parity.metric = MetricCheck(
         name=MAIN_METRIC[workload.task],
@@ -235,7 +247,7 @@ def _build(run: Run, source: Path, fmt: str, folder: Path, recorded: float | Non
         workload=run.workload,
         source=str(source),
         files=sorted(p.name for p in folder.iterdir()),
-        contains=_contents(fmt, quantized),
+        contains=_contents(fmt, quantized, program),
         parity=parity,
         tolerance=TOLERANCE,
         runtime=manifest.get("runtime", "torch"),
@@ -262,11 +274,10 @@ def _write(
         for name in ("model.safetensors", "model.json"):
             shutil.copyfile(source / name, folder / name)
         return rebuild(workload.pytorch_model("export"), folder)
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    program = torch.export.export(
-        model, with_batch(inputs, 2), dynamic_shapes=tuple({0: batch} for _ in inputs)
-    )
-    torch.export.save(program, str(folder / "model.pt2"))
+    if (source / "model.pt2").is_file():  # the int8 program the run measured, as it ran
+        shutil.copyfile(source / "model.pt2", folder / "model.pt2")
+        return CompiledSession((folder / "model.pt2").read_bytes(), 1, "torch-compile")
+    (folder / "model.pt2").write_bytes(program_bytes(export_program(model, inputs)))
     return torch.export.load(str(folder / "model.pt2")).module()
 
 
@@ -331,19 +342,17 @@ def _write_openvino(source: Path, folder: Path, workload: Workload) -> Any:
 
 
 def _parity(
-    fmt: str, model: Any, artifact: Any, inputs: tuple[torch.Tensor, ...], graph: bool
+    fmt: str, model: Any, artifact: Any, inputs: tuple[torch.Tensor, ...], deviates: bool
 ) -> Parity:
     """The export's outputs against the float model's on validation inputs: equal within the
-    tolerance for a float artifact; for the graph a recipe made (int8, fused), its deviation
-    is recorded."""
+    tolerance for a float artifact; for one that ``deviates`` by design (the int8 a recipe made),
+    its deviation is recorded."""
     with torch.no_grad():
         float_out = output_tensor(model(*inputs))
         exported = output_tensor(artifact(*inputs))
     vs_float = difference(float_out, exported)
     samples = len(inputs[0])
-    # int8 deviates by design, and OpenVINO computes in bf16 where the CPU has it: reported,
-    # not refused (the metric re-check still guards the export)
-    if (graph and fmt in GRAPHS) or fmt == "openvino":
+    if deviates:
         return Parity(samples=samples, vs_float_max_abs=vs_float["max_abs"])
     limit = TOLERANCE["atol"] + TOLERANCE["rtol"] * float(float_out.abs().max())
     if vs_float["max_abs"] > limit:
@@ -354,7 +363,7 @@ def _parity(
     return Parity(samples=samples, max_abs=vs_float["max_abs"], max_rel=vs_float["max_rel"])
 
 
-def _contents(fmt: str, quantized: bool) -> str:
+def _contents(fmt: str, quantized: bool, program: bool = False) -> str:
     """What the artifact holds, said plainly: an int8 run's PyTorch formats hold its float model."""
     if fmt == "openvino":
         return (
@@ -371,10 +380,13 @@ def _contents(fmt: str, quantized: bool) -> str:
             graph += " as model.onnx, with config.json and its preprocessor (Hugging Face's layout)"
         return graph
     kind = "weights (safetensors)" if fmt == "safetensors" else "program (torch.export)"
+    if quantized and program and fmt == "pt2":
+        return "the deployed int8 program (torch.export, quantize:int8-pt2e), to compile"
     if quantized:
+        measured = "the pt2 export" if program else "the ONNX export"
         return (
             f"the float PyTorch {kind} from before quantization: the int8 model the run measured "
-            "is the ONNX export"
+            f"is {measured}"
         )
     return f"the PyTorch {kind} of the candidate"
 
@@ -432,6 +444,8 @@ def verify(folder: Path, threads: int | None = None) -> tuple[ExportRecord, floa
         )
     elif record.format == "safetensors":
         artifact = rebuild(workload.pytorch_model("verify"), folder)
+    elif record.runtime == "torch-compile":  # the int8 program, compiled as the run ran it
+        artifact = CompiledSession((folder / "model.pt2").read_bytes(), 1, record.runtime)
     else:
         artifact = torch.export.load(str(folder / "model.pt2")).module()
     metric = record.parity.metric

@@ -59,6 +59,7 @@ class Measurement:
     params_nonzero: int | None = None
     macs: int | None = None
     ratio_range: tuple[float, float] | None = None  # over the rounds, when timed in several
+    compile_seconds: float | None = None  # a compiling target's first calls, kept from latency
     session: Session | None = field(default=None, repr=False, compare=False)  # what was timed
 
 
@@ -134,6 +135,7 @@ def measure(
             metric=found.get("metric"),
             metrics=found.get("metrics", {}),
             ratio_range=(round(min(ratios), 4), round(max(ratios), 4)) if rounds > 1 else None,
+            compile_seconds=_compile_seconds(session),
             session=session,
             **figures,
         )
@@ -180,6 +182,13 @@ def _timed(
                     runners[label] = runner.with_threads(chosen)
             out[label][2].append(ratio)
     return out
+
+
+def _compile_seconds(session: Session) -> float | None:
+    """Seconds a compiling session (torch-compile) spent compiling, over every input shape it
+    ran (the first call of each); None for a session that does not compile."""
+    compiled = getattr(session, "compile_seconds", None)
+    return round(sum(compiled.values()), 3) if compiled else None
 
 
 def _scores(workload: Workload, session: Session, threads: int) -> dict[str, Any]:

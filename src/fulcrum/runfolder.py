@@ -82,6 +82,7 @@ class Figures(Record):
     params: int
     threads: int | None = None  # the intra-op thread count it ran fastest with
     runtime: str = "onnxruntime"
+    compile_seconds: float | None = None  # compiling (torch-compile), not counted in latency
 
 
 class Point(Figures):
@@ -112,6 +113,7 @@ class Trial(Record):
     params: int | None = None
     threads: int | None = None
     runtime: str | None = None
+    compile_seconds: float | None = None
     notes: list[str] = []
     seconds: float | None = None  # building and measuring the candidate
     constraints: list[float] | None = None  # Optuna's: <= 0 when within the budget

@@ -68,7 +68,7 @@ def compress_run(
     compress_seconds = round(time.perf_counter() - start, 2)
     if distributed.rank() > 0:  # a torchrun peer has trained its share; rank 0 measures, writes
         return None
-    runtime = "onnxruntime" if candidate.onnx is not None else "torch"
+    runtime = candidate.runtime  # where its deployed form runs: torch for a float model
     say(f"measuring the baseline and the candidate side by side on {runtime}")
     measured = {runtime: _measure(workload, candidate, runtime, threads, batch_sizes, seconds)}
     if isinstance(workload.model, nn.Module):  # both also run on the other runtime: timed there
@@ -201,6 +201,7 @@ def _figures(m: Measurement, latency_ms: float, ratio: float) -> dict[str, Any]:
         "params": m.params,
         "threads": m.threads,
         "runtime": m.runtime,
+        "compile_seconds": m.compile_seconds,
     }
 
 

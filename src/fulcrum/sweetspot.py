@@ -41,18 +41,13 @@ def conclude(
         frontier.Point(
             key=str(t.number),
             values={k: float(getattr(t, k)) for k in FIGURES},
-            data={
-                "recipe": t.recipe or "",
-                "threads": t.threads,
-                "metrics": t.metrics,
-                "runtime": t.runtime or settings.primary,
-            },
+            data=_data(t, settings.primary),
         )
         for t in trials
         if t.state == "COMPLETE"
     ]
     defaults = [
-        frontier.Point(d.trial, d.model_dump(include=set(FIGURES)), _data(d))
+        frontier.Point(d.trial, d.model_dump(include=set(FIGURES)), _data(d, settings.primary))
         for d in reference.defaults
     ]
     points += defaults
@@ -119,8 +114,16 @@ def _finalists(
     return (within + rest)[: settings.finalists]
 
 
-def _data(p: Point) -> dict[str, Any]:
-    return {"recipe": p.recipe, "threads": p.threads, "metrics": p.metrics, "runtime": p.runtime}
+def _data(p: Point | Trial, primary: str) -> dict[str, Any]:
+    """What a frontier point carries besides its objectives (a trial's target: the primary's
+    where it recorded none)."""
+    return {
+        "recipe": p.recipe or "",
+        "threads": p.threads,
+        "metrics": p.metrics,
+        "runtime": p.runtime or primary,
+        "compile_seconds": p.compile_seconds,
+    }
 
 
 def _remeasured(
@@ -144,6 +147,7 @@ def record(p: frontier.Point) -> Point:
         metrics=p.data.get("metrics", {}),
         runtime=p.data.get("runtime", "onnxruntime"),
         ratio_range=p.data.get("ratio_range"),
+        compile_seconds=p.data.get("compile_seconds"),
         metric=p.values["metric"],
         latency_ms=p.values["latency_ms"],
         latency_ratio=p.values["latency_ratio"],

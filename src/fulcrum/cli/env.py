@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-from pathlib import Path
 from typing import Any
 
 from fulcrum.cli.common import add_json_argument, check_writable, write_json
@@ -20,27 +19,28 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def cpu_flags() -> list[str]:
-    """The int8-relevant instruction sets this CPU reports (Linux /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
+def instruction_sets() -> list[str]:
+    """The int8- and bf16-relevant instruction sets this CPU reports."""
+    from fulcrum.runtimes.base import cpu_flags
+
+    flags = cpu_flags() or frozenset()
     return [f for f in INT8_FLAGS if f in flags]
 
 
 def collect() -> dict[str, Any]:
+    from fulcrum import runtimes
     from fulcrum._version import describe
     from fulcrum.measure import environment
     from fulcrum.runtimes import default_threads
 
     info: dict[str, Any] = {"fulcrum": describe(), "platform": platform.platform()}
     info.update(environment(default_threads()))
-    info["int8_instructions"] = cpu_flags()
+    info["int8_instructions"] = instruction_sets()
+    info["targets"] = [  # what --runtime takes here, and why a target is not offered
+        name if why is None else f"{name} (not here: {why})"
+        for name in runtimes.known()
+        for why in [runtimes.unavailable(name)]
+    ]
     import onnxruntime
     import optuna
     import torch

@@ -58,9 +58,10 @@ def add_parser(sub: Any) -> None:
         "--runtime",
         default="onnxruntime",
         metavar="TARGET[,TARGET...]|auto",
-        help="where candidates are deployed and timed: onnxruntime (default), torch, and the "
-        "targets `fulcrum env` lists as available (openvino, openvino:int8, torch-compile, ...); "
-        "several, comma-separated, or auto (every available one) searches the target too",
+        help="where candidates are deployed and timed: onnxruntime (default), openvino, torch, "
+        "torch-compile, and openvino:bf16 / torch-compile:bf16 where the CPU has bf16 "
+        "(`fulcrum env` lists this machine's); several, comma-separated, or auto (every "
+        "available one) searches the target too",
     )
     parser.add_argument(
         "--batch-size", type=positive_int, default=1, help="batch size of the latency objective"

@@ -30,12 +30,19 @@ from fulcrum.runtimes.base import (
 from fulcrum.runtimes.onnx_export import export_onnx, exported_bytes
 from fulcrum.runtimes.onnxruntime import OnnxModel, OnnxRuntime, ort_session
 from fulcrum.runtimes.openvino import OpenVinoRuntime
+from fulcrum.runtimes.torch_compile import TorchCompileRuntime
 from fulcrum.runtimes.torch_eager import TorchRuntime, TorchSession
 
 RUNTIMES: dict[str, Runtime] = {
-    "torch": TorchRuntime(),
-    "onnxruntime": OnnxRuntime(),
-    "openvino": OpenVinoRuntime(),
+    r.name: r
+    for r in (
+        TorchRuntime(),
+        OnnxRuntime(),
+        OpenVinoRuntime(),
+        OpenVinoRuntime("bf16"),  # where the CPU computes in bf16 natively
+        TorchCompileRuntime(),
+        TorchCompileRuntime("bf16"),
+    )
 }
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fulcrum.errors import ShapeError, first_line
+from fulcrum.errors import ShapeError, TechniqueError, first_line
 
 if TYPE_CHECKING:
     from fulcrum.techniques.base import Candidate
@@ -78,6 +78,58 @@ class Runtime(Protocol):
     def load(self, folder: Path, *, threads: int, output: str | None = None) -> Session:
         """A saved candidate's artifact (``fulcrum.compression.save_candidate``) as a session."""
         ...
+
+
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# instructions that compute in bf16 natively (without them bf16 is emulated, slower than f32)
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """The instruction sets this CPU reports (Linux ``/proc/cpuinfo``); None where unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
+def int8_dot_products() -> bool:
+    """Whether this CPU multiplies int8 with int32 accumulation (VNNI, AMX), without the int16
+    saturation of u8 x s8 pairs; True where unknown."""
+    flags = cpu_flags()
+    return flags is None or bool(flags & set(INT8_DOT_FLAGS))
+
+
+def bf16_missing() -> str | None:
+    """Why this CPU cannot compute in bf16 natively, or None where it can (or is unknown)."""
+    flags = cpu_flags()
+    if flags is None or flags & set(BF16_FLAGS):
+        return None
+    return (
+        "this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 would be emulated, slower "
+        "than f32, so it is not offered here"
+    )
+
+
+def refuse_graphs(candidate: Candidate, target: str) -> None:
+    """A PyTorch target runs a float model (torch-compile also an int8 program): refuse a
+    candidate the recipe turned into an ONNX graph, naming where it runs."""
+    if candidate.onnx is not None:
+        done = [s.config.get("type", "?") for s in candidate.steps if s.facts.get("graph")]
+        raise TechniqueError(
+            f"the {target} target runs PyTorch models; this candidate is an ONNX graph "
+            f"({', '.join(done) or 'an ONNX workload'}): deploy it on onnxruntime."
+        )
+    if candidate.program is not None and not target.startswith("torch-compile"):
+        raise TechniqueError(
+            f"this candidate is PyTorch's int8 program (quantize:int8-pt2e), which runs on the "
+            f"torch-compile target, not {target}."
+        )
 
 
 def default_threads() -> int:

@@ -22,6 +22,7 @@ import onnx
 import torch
 from torch import nn
 
+from fulcrum.errors import TechniqueError
 from fulcrum.runtimes.base import dynamic_axes, input_names, with_batch
 
 if TYPE_CHECKING:
@@ -250,4 +251,9 @@ def graph_of(candidate: Candidate, example_inputs: Sequence[torch.Tensor], runti
     fused, or an ONNX workload's) or its float model exported."""
     if candidate.onnx is not None:
         return candidate.onnx
+    if candidate.program is not None:
+        raise TechniqueError(
+            f"this candidate is PyTorch's int8 program (quantize:int8-pt2e), which runs on the "
+            f"torch-compile target, not {runtime}; use quantize:int8-static for {runtime}."
+        )
     return exported_bytes(candidate.require_float(runtime), example_inputs)

@@ -138,7 +138,8 @@ class OnnxRuntime:
     name = "onnxruntime"
     artifact = "onnx"
     tunes_threads = True
-    quantize_modes: tuple[str, ...] | None = None  # every mode: the quantizer is its own
+    # every mode of Fulcrum's ONNX quantization (its quantizer is ONNX Runtime's own)
+    quantize_modes: tuple[str, ...] | None = ("int8-static", "int8-dynamic", "fp16")
 
     def unavailable(self) -> str | None:
         return None  # a core dependency

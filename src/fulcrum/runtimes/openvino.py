@@ -6,9 +6,10 @@ frontend and compiled for the CPU with a latency hint, one stream and the sessio
 count. The artifact is the ``.onnx`` file, which OpenVINO reads as it is (``ov.Core().
 read_model``, or ``ovc model.onnx`` for its IR).
 
-Precision is OpenVINO's own default for the CPU: bf16 where the CPU computes in bf16 natively
-(AVX-512 BF16, AMX), f32 elsewhere. The session records which, and evaluation measures the
-model at that precision, so a bf16 loss shows in the metric.
+Precision is the target's: ``openvino`` computes in f32, ``openvino:bf16`` in bf16 (OpenVINO's own
+default where the CPU computes in bf16 natively: AVX-512 BF16, AMX; not offered elsewhere, where
+bf16 would be emulated). Evaluation measures the model at that precision, so a bf16 loss shows
+in the metric.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from fulcrum.errors import OnnxError, ShapeError, first_line
+from fulcrum.runtimes.base import bf16_missing
 from fulcrum.runtimes.onnx_export import graph_of
 
 if TYPE_CHECKING:
@@ -38,28 +40,26 @@ def core() -> Any:
     return ov.Core()
 
 
-def precision() -> str:
-    """The precision OpenVINO's CPU plugin computes in here by default: ``bf16`` where the CPU
-    has native bf16, else ``f32``."""
-    capabilities = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "bf16" if "BF16" in capabilities else "f32"
-
-
 class OpenVinoModel:
     """An ONNX graph compiled by OpenVINO for the CPU, called like a PyTorch model."""
 
-    runtime = "openvino"
-
-    def __init__(self, onnx: bytes | Path, threads: int, output: str | None = None) -> None:
-        """``onnx``: a graph's bytes, or the path of an ONNX file or of OpenVINO IR (.xml)."""
+    def __init__(
+        self,
+        onnx: bytes | Path,
+        threads: int,
+        output: str | None = None,
+        precision: str = "f32",
+    ) -> None:
+        """``onnx``: a graph's bytes, or the path of an ONNX file or of OpenVINO IR (.xml);
+        ``precision``: what the CPU plugin computes float layers in (f32 or bf16)."""
         import openvino.properties.hint as hints
 
-        self.onnx, self.threads, self.output = onnx, threads, output
+        self.onnx, self.threads, self.output, self.precision = onnx, threads, output, precision
+        self.runtime = "openvino" if precision == "f32" else f"openvino:{precision}"
         try:
             model = core().read_model(str(onnx) if isinstance(onnx, Path) else onnx)
         except Exception as exc:
             raise OnnxError(f"OpenVINO cannot read this graph: {first_line(exc, 300)}") from None
-        self.precision = precision()
         config = {
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": 1,
@@ -99,7 +99,7 @@ class OpenVinoModel:
 
     def with_threads(self, threads: int) -> OpenVinoModel:
         """The same graph compiled again with ``threads`` (a compiled model's are fixed)."""
-        return OpenVinoModel(self.onnx, threads, self.output)
+        return OpenVinoModel(self.onnx, threads, self.output, self.precision)
 
     def artifact_bytes(self) -> int:
         if isinstance(self.onnx, Path):  # IR: the .xml and its .bin
@@ -113,19 +113,22 @@ class OpenVinoModel:
 class OpenVinoRuntime:
     """OpenVINO's CPU plugin; a session's thread count is its own."""
 
-    name = "openvino"
     artifact = "onnx"
     tunes_threads = True
     # Fulcrum's ONNX quantization modes it runs natively: the static int8 QDQ graph (dynamic
     # int8 and ONNX Runtime's fused operators are ONNX Runtime's own)
     quantize_modes: tuple[str, ...] | None = ("int8-static",)
 
+    def __init__(self, precision: str = "f32") -> None:
+        self.precision = precision
+        self.name = "openvino" if precision == "f32" else f"openvino:{precision}"
+
     def unavailable(self) -> str | None:
         try:
             import openvino  # noqa: F401
         except ImportError:
             return f"the openvino target needs OpenVINO: {EXTRA}"
-        return None
+        return bf16_missing() if self.precision == "bf16" else None
 
     def deploy(
         self,
@@ -135,7 +138,8 @@ class OpenVinoRuntime:
         threads: int,
         output: str | None = None,
     ) -> OpenVinoModel:
-        return OpenVinoModel(graph_of(candidate, example_inputs, self.name), threads, output)
+        graph = graph_of(candidate, example_inputs, self.name)
+        return OpenVinoModel(graph, threads, output, self.precision)
 
     def load(self, folder: Path, *, threads: int, output: str | None = None) -> OpenVinoModel:
-        return OpenVinoModel((folder / "model.onnx").read_bytes(), threads, output)
+        return OpenVinoModel((folder / "model.onnx").read_bytes(), threads, output, self.precision)

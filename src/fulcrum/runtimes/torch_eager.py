@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fulcrum.errors import TechniqueError
-from fulcrum.runtimes.base import output_tensor, torch_threads
+from fulcrum.runtimes.base import output_tensor, refuse_graphs, torch_threads
 
 if TYPE_CHECKING:
     from fulcrum.techniques.base import Candidate
@@ -59,12 +59,7 @@ class TorchRuntime:
         threads: int,
         output: str | None = None,
     ) -> TorchSession:
-        if candidate.onnx is not None:
-            done = [s.config.get("type", "?") for s in candidate.steps if s.facts.get("graph")]
-            raise TechniqueError(
-                f"the torch runtime runs PyTorch models; this candidate is an ONNX graph "
-                f"({', '.join(done) or 'an ONNX workload'}): deploy it on onnxruntime."
-            )
+        refuse_graphs(candidate, self.name)
         return TorchSession(candidate.require_float("the torch runtime"), threads)
 
     def load(self, folder: Path, *, threads: int, output: str | None = None) -> TorchSession:

@@ -105,7 +105,7 @@ class SearchSettings:
     @property
     def targets(self) -> tuple[str, ...]:
         """The deployment targets searched: ``runtime`` is one (``onnxruntime``), several
-        (``onnxruntime,openvino:int8``), or ``auto``: every target available here."""
+        (``onnxruntime,torch-compile``), or ``auto``: every target available here."""
         if self.runtime == "auto":  # ONNX Runtime first: it is every search's reference
             found = [t for t in runtimes.known() if runtimes.unavailable(t) is None]
             return tuple(sorted(found, key=lambda t: t != "onnxruntime"))

@@ -236,6 +236,7 @@ def figures_of(m: Measurement, params: int | None = None, macs: int | None = Non
         params=params,
         threads=m.threads,
         runtime=m.runtime,
+        compile_seconds=m.compile_seconds,
     )
 
 
@@ -246,7 +247,8 @@ def probe_quantization(job: Job, baseline: Session) -> dict[str, ProbeVerdict]:
     workload, settings = job.workload, job.settings
     found: dict[str, ProbeVerdict] = {}
     candidates: dict[str, Candidate] = {}
-    for mode in MODES:
+    modes = [m for m in MODES if m in (runtimes.get(settings.primary).quantize_modes or ())]
+    for mode in modes:
         try:
             candidates[mode] = compress(
                 workload.model, f"quantize:{mode}", workload, threads=job.threads
@@ -268,7 +270,7 @@ def probe_quantization(job: Job, baseline: Session) -> dict[str, ProbeVerdict]:
         found[mode] = ProbeVerdict(
             kept=m.latency_ratio < PROBE_KEEP, latency_ratio=m.latency_ratio, threads=m.threads
         )
-    return {mode: found[mode] for mode in MODES}
+    return {mode: found[mode] for mode in modes}
 
 
 def analyse_layers(job: Job, reference: Reference) -> None:

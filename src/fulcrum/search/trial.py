@@ -146,6 +146,8 @@ class Trialist:
         for key, value in values.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("threads", m.threads)
+        if m.compile_seconds is not None:
+            trial.set_user_attr("compile_seconds", m.compile_seconds)
         trial.set_user_attr("runtime", target)
         trial.set_user_attr("metrics", m.metrics)
         trial.set_user_attr("notes", [n for s in candidate.steps for n in s.notes])

@@ -161,13 +161,15 @@ class Candidate:
     ``model`` is the float-compatible PyTorch module that training steps continue from, or None
     when the workload itself is an ONNX graph (a model from another framework), where only graph
     steps apply. When ``onnx`` is set, the deployed form is that ONNX graph run on ONNX Runtime
-    (fused, int8 or fp16); otherwise it is ``model`` itself on PyTorch.
+    (fused, int8 or fp16); when ``program`` is set, it is that ``torch.export`` archive (PyTorch's
+    own int8, compiled by the torch-compile target); otherwise it is ``model`` itself.
     """
 
     model: nn.Module | None
     onnx: bytes | None = None
     runtime: str = "torch"
     steps: tuple[Step, ...] = ()
+    program: bytes | None = None
 
     @classmethod
     def of(cls, model: Any) -> Candidate:
@@ -189,16 +191,18 @@ class Candidate:
             )
         if self.final:
             done = ", ".join(s.config.get("type", "?") for s in self.steps if s.facts.get("graph"))
+            form = "an int8 program" if self.program is not None else "an ONNX graph"
             raise TechniqueError(
                 f"{technique} works on the PyTorch model, which this recipe already turned into "
-                f"an ONNX graph ({done or 'quantize'}); put {technique} before those steps."
+                f"{form} ({done or 'quantize'}); put {technique} before those steps."
             )
         return self.model
 
     @property
     def final(self) -> bool:
-        """True once the model has left PyTorch for an ONNX graph (fused or quantized)."""
-        return self.onnx is not None
+        """True once the model has left PyTorch's float model for its deployed form: an ONNX
+        graph (fused or quantized) or an int8 program."""
+        return self.onnx is not None or self.program is not None
 
     @property
     def quantized(self) -> bool:

@@ -19,11 +19,10 @@ Settings follow what was measured fast on these machines (AVX-512 VNNI, see DESI
 - ``fp16``: weights stored in half precision and cast back to fp32 on load: half the file, the
   same fp32 compute (no faster on CPU).
 
-torchao's PyTorch-native path (``runtimes.torch_compile.pt2e_quantize``) works and is fast once compiled, but a candidate
-cannot yet carry, save and reload a compiled ``torch.export`` program, so it is a library function
-and not a mode: ``quantize:int8-pt2e`` is refused when the recipe is read, never after work.
+- ``int8-pt2e``: PyTorch's own static int8 (torchao pt2e, ``fulcrum.techniques.pt2e``), a
+  ``torch.export`` program for the torch-compile target.
 
-The result is an ONNX graph, so quantize is the last step of a recipe.
+The result is an ONNX graph (or, for int8-pt2e, a program), so quantize is the last step.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ import torch
 from fulcrum.errors import ConfigError, DataError, FulcrumError, TechniqueError, first_line
 from fulcrum.progress import step as report_step
 from fulcrum.runtimes import as_inputs, exported_bytes, quiet
+from fulcrum.runtimes.base import int8_dot_products
 from fulcrum.techniques.base import (
     Candidate,
     Context,
@@ -60,14 +60,13 @@ from fulcrum.techniques.graph_rewrites import gather_int4, global_pools, weights
 from fulcrum.techniques.onnx_nodes import skipped_nodes, weight_nodes
 from fulcrum.techniques.recurrent import quantize_lstms, quantize_notes
 
-MODES = ("int8-static", "int8-dynamic", "fp16")
+MODES = ("int8-static", "int8-dynamic", "fp16", "int8-pt2e")
+ONNX_MODES = MODES[:3]  # those that make an ONNX graph (the others' runtimes say which they run)
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 EMBEDDINGS = ("int8", "int4", "float")
 # "fulcrum": the settings measured fast here; "ort": ONNX Runtime's own defaults, untouched;
 # "ort-per-channel": those with per-channel weights, the one option users most often turn on
 PRESETS = ("fulcrum", "ort", "ort-per-channel")
-# int8 dot products that accumulate in int32 (no int16 saturation of u8 x s8 pairs)
-INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @dataclass(frozen=True)
@@ -97,12 +96,14 @@ class QuantizeConfig(TechniqueConfig):
         super().__post_init__()
 
     def validate(self) -> None:
-        if self.mode == "int8-pt2e":
-            raise ConfigError(
-                "quantize:int8-pt2e is not a recipe step yet (a candidate cannot carry a compiled "
-                "PyTorch program); use quantize:int8-static, ONNX Runtime's int8, measured as fast."
-            )
         self.check_choice("mode", MODES)
+        if self.mode == "int8-pt2e" and (
+            self.preset != "fulcrum" or self.calibration != "minmax" or not self.per_channel
+        ):
+            raise ConfigError(
+                "quantize:int8-pt2e calibrates min/max per channel (torchao's x86 defaults); "
+                "calibration, per_channel and preset apply to the ONNX modes."
+            )
         self.check_choice("calibration", CALIBRATIONS)
         self.check_choice("embeddings", EMBEDDINGS)
         self.check_choice("preset", PRESETS)
@@ -131,8 +132,12 @@ def apply(config: QuantizeConfig, candidate: Candidate, ctx: Context) -> Candida
         )
     if candidate.model is not None:  # an ONNX workload's skip names graph nodes instead
         find_modules(candidate.model, config.skip)
-    if config.mode == "int8-static":
+    if config.mode in ("int8-static", "int8-pt2e"):
         _check_calibration(ctx, config)
+    if config.mode == "int8-pt2e":
+        from fulcrum.techniques import pt2e
+
+        return pt2e.apply(config, candidate, ctx)
     start = time.perf_counter()
     notes: list[str] = []
     facts: dict[str, Any] = {}
@@ -258,9 +263,9 @@ def _ort_defaults(config: QuantizeConfig, exported: Path, ctx: Context, folder: 
 def space(trial: Trial, modes: Sequence[str] = MODES) -> QuantizeConfig:
     """Its ranges; ``modes`` narrows the modes drawn (a subset of ``MODES``, kept in its order,
     so that the distribution of ``quantize.mode`` is the same for every trial of a study)."""
-    choices = [m for m in ("int8-static", "int8-dynamic", "fp16") if m in modes]
+    choices = [m for m in MODES if m in modes]
     mode = trial.suggest_categorical("quantize.mode", choices)
-    if mode == "fp16":
+    if mode in ("fp16", "int8-pt2e"):
         return QuantizeConfig(mode=mode)
     calibration = (
         trial.suggest_categorical("quantize.calibration", ["minmax", "percentile"])
@@ -547,19 +552,6 @@ def static(
         nodes_to_exclude=exclude,
         extra_options=options,
     )
-
-
-def int8_dot_products() -> bool:
-    """Whether this CPU multiplies int8 with int32 accumulation (VNNI, AMX); True where unknown."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
-    return any(f in flags for f in INT8_DOT_FLAGS)
 
 
 TECHNIQUE = register(
