@@ -573,3 +573,179 @@ def test_when_nothing_is_feasible_the_reason_says_by_how_much_and_what_is_missin
         "the closest, 'only', misses by 0.03 of accuracy below 0.98 and 1.5 of latency_ms over 1 "
         "and having no params."
     )
+
+
+def test_constraints_are_signed_fractions_of_each_limit_and_points_of_the_drop():
+    """What Optuna sees: the drop below the floor in the metric's units (negative above it),
+    each limit's excess as a fraction of the limit (negative under it), 6 decimals; a point on
+    a bound gives 0, and a missing measure is infinitely far."""
+    budget = Budget("accuracy", 0.9, max_drop=1.0, limits={"latency_ms": 3.0, "size_mb": 1000.0})
+    inside = pt("a", 0.895, 7.0, 500.0)
+    assert budget.constraints(inside) == {
+        "drop": pytest.approx(-0.005),
+        "latency_ms": 1.333333,  # (7 - 3) / 3, rounded to 6 decimals
+        "size_mb": -0.5,
+    }
+    assert budget.constraints(pt("b", 0.89, 3.0, 1000.0)) == {
+        "drop": 0.0,
+        "latency_ms": 0.0,
+        "size_mb": 0.0,
+    }
+    missing = Point("c", {"latency_ms": 1.0})
+    assert budget.constraints(missing) == {
+        "drop": math.inf,
+        "latency_ms": pytest.approx(-2 / 3, abs=1e-6),
+        "size_mb": math.inf,
+    }
+
+
+def test_a_large_metric_is_on_its_floor_within_rounding_relative_to_its_size():
+    """The rounding allowance grows with the bound: 5e-6 below a floor of 9,999 is rounding
+    (1e-9 of it), for the constraints as for the budget."""
+    budget = Budget("score", 10000.0, max_drop=100.0)  # floor 9999
+    point = Point("a", {"score": 9999.0 - 5e-6})
+    assert budget.constraints(point) == {"drop": 0.0} and budget.allows(point)
+    below = Point("b", {"score": 9999.0 - 5e-3})
+    assert budget.constraints(below) == {"drop": 0.005} and not budget.allows(below)
+
+
+def test_total_violation_scales_the_drop_by_the_baseline_or_by_one_at_zero():
+    at_zero = Budget("metric", 0.0, max_drop=1.0)  # floor -0.01
+    assert at_zero.total_violation(Point("a", {"metric": -0.03})) == pytest.approx(0.02)
+    scaled = Budget("metric", 0.5, max_drop=1.0, limits={"latency_ms": 2.0})
+    point = Point("b", {"metric": 0.485, "latency_ms": 3.0})
+    assert scaled.total_violation(point) == pytest.approx(0.005 / 0.5 + 1.0 / 2.0)
+
+
+def test_tolerance_ties_go_to_the_other_minimised_objectives_before_the_metric_or_key():
+    budget = Budget("accuracy", baseline=0.99, max_drop=10.0)
+    tied = [pt("2", 0.96, 1.0, 2.0), pt("3", 0.95, 1.0, 1.0)]
+    assert pick(tied, ACC_LAT_SIZE, budget).point.key == "3"  # smaller size, lower accuracy
+
+
+def test_weighted_policy_accepts_the_edges_and_names_the_fix_when_refusing():
+    budget = Budget("accuracy", baseline=0.99)
+    flat = pick(THREE, ACC_LAT, budget, "weighted", target=1.0, exponent=0.0)
+    assert flat.point.key == "0"  # no discount: the most accurate
+    zero = [pt("a", 0.0, 1.0), pt("b", 0.0, 2.0)]
+    assert pick(zero, ACC_LAT, budget, "weighted", target=1.0).point.key == "a"
+    with pytest.raises(ConfigError, match=r"got 0\.0: pass target= or a positive limit on it\.$"):
+        pick(THREE, ACC_LAT, budget, "weighted", target=0.0)
+    negative = [pt("a", -0.1, 1.0)]
+    with pytest.raises(ConfigError, match="needs a non-negative accuracy; use 'tolerance'"):
+        pick(negative, ACC_LAT, Budget("accuracy", 0.0), "weighted", target=1.0)
+
+
+def test_knee_of_nothing_says_what_it_needs():
+    with pytest.raises(ConfigError, match=r"^knee\(\) needs at least one point; got an empty"):
+        knee([], ACC_LAT)
+
+
+def test_the_budget_in_words():
+    assert (
+        Budget("accuracy", 0.991, max_drop=1.0, limits={"latency_ms": 2.0, "size_mb": 0.5})
+    ).describe() == (
+        "within 1 pt of the baseline's accuracy (0.991) and under latency_ms <= 2, size_mb <= 0.5"
+    )
+    assert Budget("accuracy", 0.9, max_drop=2.0, relative=True).describe() == (
+        "within 2% of the baseline's accuracy (0.9)"
+    )
+    assert Budget("accuracy", 0.9).describe() == "with no budget set"
+
+
+def test_a_measure_that_is_not_a_number_counts_as_missing():
+    budget = Budget("accuracy", 0.9, max_drop=1.0)
+    for value in ("high", True):
+        assert budget.violations(Point("a", {"accuracy": value})) == {"accuracy": math.inf}
+
+
+def test_the_rounding_allowance_is_one_billionth_of_the_bound_or_at_least_of_one():
+    """Exactly 1e-9 below a floor of 0 is rounding; 1.5e-9 below a floor of 0.5 is not (the
+    allowance is 1e-9 x max(1, |bound|)); 5e-6 below 9,999 is rounding."""
+    assert Budget("m", 0.0, max_drop=0.0).allows(Point("a", {"m": -1e-9}))
+    assert not Budget("m", 0.5, max_drop=0.0).allows(Point("a", {"m": 0.5 - 1.5e-9}))
+    large = Budget("score", 10000.0, max_drop=100.0)
+    assert large.violations(Point("a", {"score": 9999.0 - 5e-6})) == {"score": 0.0}
+
+
+def test_ties_go_to_the_natural_order_of_keys_digits_before_letters():
+    budget = Budget("accuracy", baseline=0.99, max_drop=10.0)
+    for keys_, first in (
+        (["a", "9"], "9"),
+        (["x2y", "x10y"], "x2y"),
+        (["t1-3b", "t1-3a"], "t1-3a"),
+    ):
+        tied = [pt(k, 0.95, 1.0) for k in keys_]
+        assert pick(tied, ACC_LAT, budget).point.key == first
+
+
+def test_reasons_count_candidates_and_name_the_policy():
+    budget = Budget("accuracy", baseline=0.99, max_drop=1.0)
+    one = pick([pt("0", 0.99, 4.0)], ACC_LAT, budget)
+    assert "among 1 candidate within" in one.reason
+    chosen = pick(THREE, ACC_LAT, Budget("accuracy", 0.99, max_drop=50.0), "knee")
+    assert "Pareto front of 3 candidates" in chosen.reason and chosen.policy == "knee"
+    none = pick([pt("0", 0.5, 4.0)], ACC_LAT, budget, "knee")
+    assert none.point is None and none.policy == "knee" and none.reason.startswith("none of the")
+    empty = pick([], ACC_LAT, budget, "knee")
+    assert empty.point is None and empty.policy == "knee"
+    assert empty.reason == "there are no candidates to choose from."
+
+
+def test_the_weighted_target_defaults_to_the_limit_on_the_cost_not_the_median():
+    """With a limit of 4 on latency (the median is 2), nothing feasible is over the target, so
+    the most accurate wins; with the median as target, 0.99 x 2^-0.07 < 0.985 would lose."""
+    limited = Budget("accuracy", 0.99, limits={"latency_ms": 4.0})
+    chosen = pick(THREE, ACC_LAT, limited, "weighted")
+    assert chosen.point.key == "0" and chosen.policy == "weighted"
+    assert chosen.reason.startswith(
+        "highest MnasNet reward (0.99: accuracy, times (latency_ms/4)^-0.07 where latency_ms "
+        "exceeds 4) among 3 candidates"
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: Budget(123, 0.5), "Budget.metric must be a non-empty name; got 123."),
+        (
+            lambda: Budget("a", 0.5, limits={"a": 1.0}),
+            "'a' is both the quality metric and a cost limit; bound the metric with max_drop "
+            "and remove it from limits.",
+        ),
+        (
+            lambda: Objective(7, "minimize"),
+            "an objective's name must be a non-empty string; got 7.",
+        ),
+        (lambda: Point(3, {}), "a point's key must be a string; got 3."),
+        (lambda: pareto_front(THREE, []), "at least one objective is needed; got none."),
+        (
+            lambda: pareto_front(THREE, ["accuracy"]),
+            "objectives must be Objective(name, direction); got 'accuracy'.",
+        ),
+        (
+            lambda: pick(THREE, [Objective("accuracy", "maximize")], Budget("accuracy", 0.99)),
+            "no objective is minimised, so there is no cost: pass cost=NAME.",
+        ),
+        (
+            lambda: pick([Point("p", {})], ACC_LAT, Budget("accuracy", 0.99)),
+            "point 'p' has no value 'accuracy'; it has none.",
+        ),
+        (
+            lambda: pick([Point("p", {"latency_ms": 1.0, "size": 2})], ACC_LAT, Budget("a", 1)),
+            "point 'p' has no value 'accuracy'; it has latency_ms, size.",
+        ),
+        (
+            lambda: pick([pt("p", math.nan, 1.0)], ACC_LAT, Budget("accuracy", 0.99)),
+            "point 'p' has accuracy=nan; it must be a finite number: drop failed candidates first.",
+        ),
+        (
+            lambda: pick(THREE, ACC_LAT, Budget("accuracy", 0.99), "best"),
+            "unknown policy 'best'; choose from tolerance, knee, weighted.",
+        ),
+    ],
+)
+def test_refusals_say_what_was_given_and_what_to_do(call, message):
+    with pytest.raises(ConfigError) as info:
+        call()
+    assert str(info.value) == message

@@ -167,9 +167,10 @@ def _multiclass(y_true: ArrayLike, scores: ArrayLike, num_classes: int | None) -
         )
     labels = list(range(c))
     y = _labels(y, c)
-    # scores may already be probabilities (an ONNX classifier's "probabilities" output)
+    # scores may already be probabilities (an ONNX classifier's "probabilities" output), whose
+    # rows sum to 1 only within float32 rounding: scikit-learn's ROC AUC wants them exact
     is_proba = bool(np.all(s >= 0) and np.all(s <= 1) and np.allclose(s.sum(axis=1), 1, atol=1e-3))
-    proba = s.astype(np.float64) if is_proba else _softmax(s)
+    proba = s / s.sum(axis=1, keepdims=True) if is_proba else _softmax(s)
     pred = proba.argmax(axis=1)
     m: dict[str, float | None] = {"accuracy": finite_or_none(skm.accuracy_score(y, pred))}
     for avg in ("macro", "weighted"):
@@ -494,29 +495,3 @@ def compute(
     if task == "binary":
         return _binary(y, out, threshold)
     return regression_metrics(y, out)
-
-
-def render(evaluation: Evaluation, console: Any = None) -> None:
-    """Print the metrics, notes and confusion matrix as rich tables."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title=f"{evaluation.task} metrics (n={evaluation.n_samples})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in evaluation.metrics.items():
-        table.add_row(name, "undefined" if value is None else f"{value:.4f}")
-    console.print(table)
-    for note in evaluation.notes:
-        console.print(f"[yellow]note:[/yellow] {escape(note)}")
-    if evaluation.confusion_matrix is not None and evaluation.labels is not None:
-        console.print("confusion matrix (rows: true label, columns: predicted label)")
-        cm = Table()
-        cm.add_column("true\\pred")
-        for label in evaluation.labels:
-            cm.add_column(str(label), justify="right")
-        for label, row in zip(evaluation.labels, evaluation.confusion_matrix, strict=True):
-            cm.add_row(str(label), *(str(v) for v in row))
-        console.print(cm)
