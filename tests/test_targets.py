@@ -238,3 +238,18 @@ def test_a_torch_compile_search_draws_pytorch_int8_and_keeps_compile_time_apart(
     for t in quantized:
         assert (out / "trials" / str(t["number"]) / "model.pt2").is_file()
         assert not (out / "trials" / str(t["number"]) / "model.onnx").exists()
+
+
+def test_an_int8_program_stores_int8_weights_only():
+    """The float weights int8 replaced are not exported beside them: about a quarter of the
+    float program's bytes on a model of large layers."""
+    from fulcrum.techniques import Context
+    from fulcrum.techniques.quantize import QuantizeConfig, apply
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256)).eval()
+    x = torch.randn(16, 256)
+    ctx = Context(task="multiclass", example_inputs=(x[:1],), calib=[(x, torch.zeros(16))])
+    int8 = apply(QuantizeConfig(mode="int8-pt2e"), Candidate.of(model), ctx)
+    float_bytes = get("torch-compile").deploy(Candidate.of(model), (x[:1],), threads=1)
+    assert len(int8.program) < 0.35 * float_bytes.artifact_bytes()

@@ -144,7 +144,7 @@ def render(run: Run) -> None:
         ratio(base.params_nonzero, cand.params_nonzero),
     )
     table.add_row("MACs", human(base.macs), human(cand.macs), ratio(base.macs, cand.macs))
-    for fmt in ("onnx", "safetensors"):
+    for fmt in ("onnx", "pt2", "safetensors"):
         if fmt not in base.bytes or fmt not in cand.bytes:
             continue  # an ONNX workload has no PyTorch weights; an int8 graph none either
         table.add_row(
@@ -165,7 +165,9 @@ def render(run: Run) -> None:
                 f"{runtime} batch {batch} {stat.replace('_ms', '')} (ms)",
                 f"{before_ms:.3f}",
                 f"{after_ms:.3f}" if after_ms else "-",
-                f"{before_ms / after_ms:.2f}x faster" if after_ms else "n/a (int8 graph)",
+                f"{before_ms / after_ms:.2f}x faster"
+                if after_ms
+                else f"n/a (runs on {result.runtime} only)",
             )
     console.print(table)
     for step in result.steps:

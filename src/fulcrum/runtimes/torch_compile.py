@@ -98,7 +98,19 @@ def pt2e_quantize(
             for batch_inputs in calib_batches:
                 prepared(*batch_inputs)
         converted = convert_pt2e(prepared)
+        _drop_unused_tensors(converted)
         return export_program(converted, example_inputs)
+
+
+def _drop_unused_tensors(module: torch.fx.GraphModule) -> None:
+    """Delete the parameters and buffers no node reads: the float weights that conversion
+    replaced with int8 ones would otherwise be exported beside them."""
+    used = {str(n.target) for n in module.graph.nodes if n.op == "get_attr"}
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    for name, _ in tensors:
+        if name not in used:
+            owner, _, attribute = name.rpartition(".")
+            delattr(module.get_submodule(owner) if owner else module, attribute)
 
 
 class CompiledSession:
