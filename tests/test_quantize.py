@@ -327,3 +327,31 @@ def test_the_ort_presets_are_onnx_runtimes_defaults_per_tensor_or_per_channel(mo
     per_tensor, per_channel = scale_sizes("ort"), scale_sizes("ort-per-channel")
     assert per_tensor and set(per_tensor) == {1}
     assert max(per_channel) > 1
+
+
+def test_targets_running_different_modes_draw_them_under_names_of_their_own():
+    """One study draws for several targets (ONNX Runtime's three modes, OpenVINO's static int8,
+    torch-compile's int8-pt2e): TPE refuses a parameter whose choices change between trials,
+    so each set of modes is its own parameter; the full ONNX set keeps the plain name."""
+    from fulcrum.techniques import Scope
+    from fulcrum.techniques.quantize import draw, mode_choice, warm
+
+    scopes = [
+        Scope(task="multiclass", runtime="onnxruntime"),
+        Scope(task="multiclass", runtime="openvino", modes=("int8-static",)),
+        Scope(task="multiclass", runtime="torch-compile", modes=("int8-pt2e",)),
+    ]
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(multivariate=True, seed=0))
+    drawn = []
+    for i in range(24):
+        trial = study.ask()
+        scope = scopes[i % 3]
+        config = draw(trial, scope)
+        assert config.mode in (scope.modes or ("int8-static", "int8-dynamic", "fp16"))
+        drawn.append(config.mode)
+        study.tell(trial, float(i))
+    assert "int8-pt2e" in drawn and "int8-dynamic" in drawn
+    assert mode_choice(("int8-static", "int8-dynamic", "fp16")) == "quantize.mode"
+    assert mode_choice(("int8-pt2e",)) == "quantize.mode[int8-pt2e]"
+    assert warm(scopes[2], "after") == {"quantize.mode[int8-pt2e]": "int8-pt2e"}
+    assert warm(scopes[0], "after")["quantize.mode"] == "int8-static"

@@ -260,11 +260,19 @@ def _ort_defaults(config: QuantizeConfig, exported: Path, ctx: Context, folder: 
     return _load(target)
 
 
-def space(trial: Trial, modes: Sequence[str] = MODES) -> QuantizeConfig:
+def mode_choice(modes: Sequence[str]) -> str:
+    """The name of the choice of mode among ``modes``. A distribution's choices are fixed per
+    name, and the targets of one search (or the probe) leave different modes in the space, so
+    each set of choices has a name of its own; every ONNX mode, the plain one."""
+    choices = tuple(m for m in MODES if m in modes)
+    return "quantize.mode" if choices == ONNX_MODES else f"quantize.mode[{','.join(choices)}]"
+
+
+def space(trial: Trial, modes: Sequence[str] = ONNX_MODES) -> QuantizeConfig:
     """Its ranges; ``modes`` narrows the modes drawn (a subset of ``MODES``, kept in its order,
-    so that the distribution of ``quantize.mode`` is the same for every trial of a study)."""
+    under the name ``mode_choice`` gives that set)."""
     choices = [m for m in MODES if m in modes]
-    mode = trial.suggest_categorical("quantize.mode", choices)
+    mode = trial.suggest_categorical(mode_choice(choices), choices)
     if mode in ("fp16", "int8-pt2e"):
         return QuantizeConfig(mode=mode)
     calibration = (
@@ -287,7 +295,7 @@ def draw(trial: Trial, scope: Scope) -> QuantizeConfig:
     """The ranges of ``space`` over the modes the probe kept; static int8 with the first k of
     the layers int8 hurts most (the sensitivity analysis's fallback) left in float, k drawn
     from 0 to all of them."""
-    config = space(trial, MODES if scope.modes is None else scope.modes)
+    config = space(trial, ONNX_MODES if scope.modes is None else scope.modes)
     if config.mode != "int8-static" or not scope.fallback:
         return config
     count = trial.suggest_int("quantize.fallback", 0, len(scope.fallback))
@@ -314,9 +322,11 @@ def warm(scope: Scope, kind: str) -> dict[str, Any] | None:
             "quantize.calibration": "minmax",
             **({"quantize.fallback": 1} if scope.fallback else {}),
         }
-    if scope.modes is None or params["quantize.mode"] in scope.modes:
-        return params
-    return {"quantize.mode": scope.modes[0]} if scope.modes else None
+    modes = ONNX_MODES if scope.modes is None else scope.modes
+    name, mode = mode_choice(modes), params.pop("quantize.mode")
+    if mode in modes:
+        return {name: mode, **params}
+    return {name: modes[0]} if modes else None
 
 
 def _load(path: Path) -> Any:
