@@ -238,6 +238,10 @@ def test_a_torch_compile_search_draws_pytorch_int8_and_keeps_compile_time_apart(
     for t in quantized:
         assert (out / "trials" / str(t["number"]) / "model.pt2").is_file()
         assert not (out / "trials" / str(t["number"]) / "model.onnx").exists()
+    float_trial = next(t for t in done if "quantize" not in t["recipe"])  # a compiled float one
+    assert (out / "trials" / str(float_trial["number"]) / "model.pt2").is_file()
+    onnx = ["export", str(out), "--trial", str(float_trial["number"]), "--format", "onnx", "-q"]
+    assert main(onnx) == 0  # its program does not make it an int8 one
 
 
 def test_an_int8_program_stores_int8_weights_only():

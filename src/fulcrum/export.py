@@ -81,7 +81,7 @@ def candidate_folder(run: Run, run_dir: Path, fmt: str, trial: int | None = None
         )
     else:
         folder = run_dir / "sweetspot" if run.command == "search" else run_dir
-    if (folder / "model.pt2").is_file() and fmt in GRAPHS:
+    if int8_program(folder) and fmt in GRAPHS:
         raise ConfigError(
             f"{folder} holds PyTorch's int8 program (quantize:int8-pt2e), not an ONNX graph; "
             "export it with --format pt2."
@@ -99,6 +99,14 @@ def candidate_folder(run: Run, run_dir: Path, fmt: str, trial: int | None = None
             "run the command that wrote the run folder again, or export another --trial."
         )
     return folder
+
+
+def int8_program(folder: Path) -> bool:
+    """Whether the candidate in ``folder`` deploys as PyTorch's int8 program
+    (``quantize:int8-pt2e``): its manifest says it runs on torch-compile. A float candidate
+    timed there has a ``model.pt2`` too, and every other format as well."""
+    manifest = folder / "model.json"
+    return manifest.is_file() and json.loads(manifest.read_text()).get("runtime") == "torch-compile"
 
 
 def sha256(path: Path) -> str:
@@ -217,7 +225,7 @@ def _build(run: Run, source: Path, fmt: str, folder: Path, recorded: float | Non
     inputs = validation_inputs(workload)
     artifact = _write(fmt, source, folder, workload, model, inputs)
     graph = manifest.get("runtime") == "onnxruntime"  # the recipe made a graph (int8, fused)
-    program = (source / "model.pt2").is_file()  # PyTorch's int8 program (quantize:int8-pt2e)
+    program = int8_program(source)
     quantize = any(s.get("type") == "quantize" for s in manifest.get("steps", []))
     quantized = (graph or program) and quantize
     # int8 deviates by design, and OpenVINO may compute in bf16: reported, not refused (the
@@ -274,7 +282,7 @@ def _write(
         for name in ("model.safetensors", "model.json"):
             shutil.copyfile(source / name, folder / name)
         return rebuild(workload.pytorch_model("export"), folder)
-    if (source / "model.pt2").is_file():  # the int8 program the run measured, as it ran
+    if int8_program(source):  # the int8 program the run measured, as it ran
         shutil.copyfile(source / "model.pt2", folder / "model.pt2")
         return CompiledSession((folder / "model.pt2").read_bytes(), 1, "torch-compile")
     (folder / "model.pt2").write_bytes(program_bytes(export_program(model, inputs)))
